@@ -167,5 +167,6 @@ MATTN_API void mattn_scratch_release(void);
 /* ---------------------------------------------------------------- areas */
 /* Each area of the API has its own header under mattn/; this header is the
  * only one users need to include. */
+#include "mattn/mesh.h"
 
 #endif /* MATTN_H */

@@ -1,0 +1,29 @@
+/* Private view of the mesh, and the status agreement every distributed call
+ * makes before any point-to-point message. */
+#ifndef MATTN_MESH_MESH_H
+#define MATTN_MESH_MESH_H
+
+#include <mpi.h>
+
+#include "mattn.h"
+
+struct mattn_mesh {
+    MPI_Comm comm;    /* duplicate of the user's communicator, ERRORS_RETURN */
+    MPI_Comm sp_comm; /* ranks with my (dp, tp): the sequence ring, rank = sp_rank */
+    MPI_Comm tp_comm; /* ranks with my (dp, sp), rank = tp_rank */
+    MPI_Comm dp_comm; /* ranks with my (tp, sp), rank = dp_rank */
+    int rank, size;
+    int dp, tp, sp;
+    int dp_rank, tp_rank, sp_rank;
+};
+
+/* Collective over m->comm: every rank passes its local status and all
+ * return the same one (the most negative; MATTN_OK if all succeeded). When
+ * another rank failed, this rank's last error becomes that rank's message,
+ * prefixed with its rank, so every rank reports the same failure. */
+int mattn__mesh_agree(const mattn_mesh *m, int local_status);
+
+/* The same over any communicator (used before a mesh exists). */
+int mattn__comm_agree(MPI_Comm comm, int local_status);
+
+#endif
