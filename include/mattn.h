@@ -168,5 +168,9 @@ MATTN_API void mattn_scratch_release(void);
 /* Each area of the API has its own header under mattn/; this header is the
  * only one users need to include. */
 #include "mattn/mesh.h"
+#include "mattn/decode.h"
+#include "mattn/splash.h"
+#include "mattn/ring.h"
+#include "mattn/backward.h"
 
 #endif /* MATTN_H */

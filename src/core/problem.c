@@ -36,6 +36,34 @@ static int check_tensor(const char *name, const mattn_tensor *t)
     return MATTN_OK;
 }
 
+/* True when two elements of t share an address (a zero or too small stride
+ * on a dim of size > 1): an output like that would be a data race. Sorting
+ * the dims by stride, each stride must step over everything inside it. */
+int mattn__tensor_overlaps(const mattn_tensor *t)
+{
+    int64_t n[3] = {t->batch, t->seq, t->heads};
+    int64_t s[3] = {t->stride_batch, t->stride_seq, t->stride_head};
+    for (int a = 0; a < 3; a++)
+        if (n[a] == 0)
+            return 0;
+    for (int a = 0; a < 3; a++) /* sort the three (stride, size) pairs */
+        for (int c = a + 1; c < 3; c++)
+            if (s[c] < s[a]) {
+                int64_t x = s[a], y = n[a];
+                s[a] = s[c], n[a] = n[c];
+                s[c] = x, n[c] = y;
+            }
+    int64_t span = t->dim; /* elements [0, span) reached by the inner dims */
+    for (int a = 0; a < 3; a++) {
+        if (n[a] <= 1)
+            continue;
+        if (s[a] < span)
+            return 1;
+        span = s[a] * (n[a] - 1) + span;
+    }
+    return 0;
+}
+
 /* Mask and bias share their shape rule: [B|1, Hq|1, T, S]. */
 static int check_broadcast(const char *name, int64_t batch, int64_t heads,
                            int64_t rows, int64_t cols, int64_t sb, int64_t sh,
@@ -93,8 +121,9 @@ static int check_options(const mattn_options *o, int64_t D)
     if ((o->q_segment_ids == NULL) != (o->kv_segment_ids == NULL))
         return mattn__fail(MATTN_ERR_ARG,
                            "q_segment_ids and kv_segment_ids must be given together");
-    if (o->threads < 0)
-        return mattn__fail(MATTN_ERR_ARG, "threads=%d is negative", o->threads);
+    if (o->threads < 0 || o->threads > MATTN__THREADS_MAX)
+        return mattn__fail(MATTN_ERR_ARG, "threads=%d is outside [0, %d] (0 = all CPUs)",
+                           o->threads, MATTN__THREADS_MAX);
     if (o->block_q < 0 || o->block_kv < 0 || o->block_q > 65536 ||
         o->block_kv > 65536)
         return mattn__fail(MATTN_ERR_ARG,
@@ -111,11 +140,11 @@ int mattn__problem_init(mattn__problem *p, const mattn_tensor *q,
 {
     int rc;
     memset(p, 0, sizeof *p);
+    if (opts == NULL)
+        return mattn__fail(MATTN_ERR_ARG, "options are NULL");
     if ((rc = check_tensor("q", q)) || (rc = check_tensor("k", k)) ||
         (rc = check_tensor("v", v)) || (rc = check_tensor("o", o)))
         return rc;
-    if (opts == NULL)
-        return mattn__fail(MATTN_ERR_ARG, "options are NULL");
     if (k->batch != q->batch || v->batch != q->batch || o->batch != q->batch)
         return mattn__fail(MATTN_ERR_SHAPE,
                            "batch sizes differ: q %lld, k %lld, v %lld, o %lld",
@@ -143,6 +172,11 @@ int mattn__problem_init(mattn__problem *p, const mattn_tensor *q,
     if (o->dim != v->dim)
         return mattn__fail(MATTN_ERR_SHAPE, "o head_dim %lld != v head_dim %lld",
                            (long long)o->dim, (long long)v->dim);
+    if (mattn__tensor_overlaps(o))
+        return mattn__fail(MATTN_ERR_ARG,
+                           "o strides (%lld, %lld, %lld) make output elements overlap",
+                           (long long)o->stride_batch, (long long)o->stride_seq,
+                           (long long)o->stride_head);
     if ((rc = check_options(opts, q->dim)))
         return rc;
 

@@ -61,6 +61,14 @@ int mattn__problem_init(mattn__problem *p, const mattn_tensor *q,
                         const mattn_tensor *o, float *lse,
                         const mattn_options *opts);
 
+/* Upper bound on options.threads: kernels keep one workspace pointer per
+ * thread on the stack. */
+#define MATTN__THREADS_MAX 1024
+
+/* True when two elements of t share an address (a zero or too small stride
+ * on a dim of size > 1). Outputs like that would be silent wrong answers. */
+int mattn__tensor_overlaps(const mattn_tensor *t);
+
 /* Number of worker threads an options value asks for (0 = all usable CPUs). */
 int mattn__resolve_threads(int requested);
 

@@ -1,0 +1,55 @@
+/* The `mattn` command: a table of sub-commands and what they share.
+ *
+ * A command is one file with a handler plus one line in MATTN__CLI_COMMANDS.
+ * A handler receives argv starting at the command's name and returns the
+ * process exit status: 0 success, 1 runtime error, 2 usage error. It is
+ * collective over comm: every rank calls it with the same arguments and gets
+ * the same status back. Normal output ("key: value" lines, help) goes to
+ * mattn__cli_out() and diagnostics to mattn__cli_err(), on rank 0 only. */
+#ifndef MATTN_CLI_CLI_H
+#define MATTN_CLI_CLI_H
+
+#include <mpi.h>
+#include <stdio.h>
+
+#include "cli/args.h"
+
+typedef int (*mattn__cli_handler)(MPI_Comm comm, int argc, char **argv);
+
+typedef struct mattn__cli_command {
+    const char *name;
+    const char *summary; /* one line for `mattn --help` */
+    mattn__cli_handler run;
+} mattn__cli_command;
+
+/* X(name, summary, handler), in the order `mattn --help` lists them. */
+#define MATTN__CLI_COMMANDS(X)                                                        \
+    X("run", "one attention forward pass (vanilla, flash, sdpa) on .npy files or a " \
+             "synthetic problem; timing, GFLOP/s and a float64 check",               \
+      mattn__cli_run)
+
+#define MATTN__CLI_DECLARE_(name, summary, handler) \
+    int handler(MPI_Comm comm, int argc, char **argv);
+MATTN__CLI_COMMANDS(MATTN__CLI_DECLARE_)
+#undef MATTN__CLI_DECLARE_
+
+/* The whole command line; argv[0] is the program name. Collective over comm. */
+int mattn__cli_main(MPI_Comm comm, int argc, char **argv);
+
+/* Output streams (stdout and stderr unless set; tests capture them). */
+FILE *mattn__cli_out(void);
+FILE *mattn__cli_err(void);
+void mattn__cli_set_streams(FILE *out, FILE *err);
+
+/* Every rank gets the largest of the ranks' codes (e.g. usage verdicts). */
+int mattn__cli_agree_max(MPI_Comm comm, int code);
+/* Every rank gets rank 0's code. Ranks other than 0 wait without spinning:
+ * rank 0 may compute for minutes, and a blocking MPI wait would busy-poll a
+ * core it needs. */
+int mattn__cli_root_code(MPI_Comm comm, int code);
+
+/* Prints "mattn <cmd>: MATTN_ERR_X: <mattn_last_error()>" to the error stream
+ * and returns the exit status for a library status (0 for MATTN_OK, else 1). */
+int mattn__cli_report(const char *cmd, int status);
+
+#endif

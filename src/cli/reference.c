@@ -1,0 +1,300 @@
+/* float64 reference of SPEC §3-4 for `mattn run --check` (see reference.h).
+ *
+ * Error model for the bounds (u = 2^-24, the fp32 unit roundoff). For one row:
+ *  - a logit s = scale * sum_d q_d k_d computed in fp32 is off by at most
+ *    (D + 2) u |scale| sum_d |q_d k_d| (dot product plus the scaling); the
+ *    soft cap c tanh(s / c) has slope <= 1 and adds ~4 u c of its own; adding
+ *    the bias adds 2 u (|s| + |bias|). ds = the largest over the row's keys.
+ *  - lse = m + log(sum exp(s - m)) moves by at most ds from the logits, plus
+ *    the rounding of n + 1 summed terms and of exp/log: 2 ds + (n + 9) u (1 + |lse|).
+ *  - each probability exp(s - lse) is then off by ds + d(lse) relatively, and
+ *    the output sums n of them times |v| <= vmax, scaled by 1/(1 - p).
+ * The bounds are worst cases, so a correct fp32 kernel never exceeds them. */
+#include "cli/reference.h"
+
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+
+#define UNIT_ROUNDOFF (1.0 / 16777216.0)
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+int64_t mattn__ref_structural_pairs(const mattn_options *o, int64_t T, int64_t S)
+{
+    int64_t total = 0;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t qp = o->q_offset + i;
+        /* Allowed absolute key positions [first, last]. */
+        int64_t first = o->kv_offset, last = o->kv_offset + S - 1;
+        if (o->causal && qp < last)
+            last = qp;
+        if (o->window_left >= 0 && qp - o->window_left > first)
+            first = qp - o->window_left;
+        if (o->window_right >= 0 && qp + o->window_right < last)
+            last = qp + o->window_right;
+        if (o->chunk > 0) {
+            int64_t c0 = floor_div(qp, o->chunk) * o->chunk;
+            if (c0 > first)
+                first = c0;
+            if (c0 + o->chunk - 1 < last)
+                last = c0 + o->chunk - 1;
+        }
+        if (last >= first)
+            total += last - first + 1;
+    }
+    return total;
+}
+
+/* SPEC §3: key j is allowed for row i of (b, h) iff every enabled predicate holds. */
+static int allowed(const mattn__ref_problem *p, int64_t b, int64_t h, int64_t i, int64_t j)
+{
+    const mattn_options *o = p->opts;
+    int64_t qp = o->q_offset + i, kp = o->kv_offset + j;
+    if (o->causal && kp > qp)
+        return 0;
+    if (o->window_left >= 0 && kp < qp - o->window_left)
+        return 0;
+    if (o->window_right >= 0 && kp > qp + o->window_right)
+        return 0;
+    if (o->chunk > 0 && floor_div(qp, o->chunk) != floor_div(kp, o->chunk))
+        return 0;
+    if (o->q_segment_ids) {
+        int32_t qs = o->q_segment_ids[b * p->q->seq + i];
+        int32_t ks = o->kv_segment_ids[b * p->k->seq + j];
+        if (qs < 0 || qs != ks)
+            return 0;
+    }
+    if (o->mask.data) {
+        const mattn_mask *m = &o->mask;
+        int64_t mb = m->batch == 1 ? 0 : b, mh = m->heads == 1 ? 0 : h;
+        if (!m->data[mb * m->stride_batch + mh * m->stride_head + i * m->stride_row + j])
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* SPEC §4 dropout: keep iff u(seed, b, h, qp, kp) >= p, with global b and h. */
+static int kept(const mattn_options *o, int64_t b, int64_t h, int64_t qp, int64_t kp)
+{
+    uint64_t x = mix(o->dropout_seed ^ (uint64_t)(o->dropout_batch_offset + b));
+    x = mix(x ^ (uint64_t)(o->dropout_head_offset + h));
+    x = mix(x ^ (uint64_t)qp);
+    x = mix(x ^ (uint64_t)kp);
+    return (double)(x >> 40) / 16777216.0 >= (double)o->dropout_p;
+}
+
+/* |got - want| against a bound: the ratio, +inf for NaN or a nonzero error
+ * where the bound is 0 (values that must be exact). */
+static double ratio(double err, double bound)
+{
+    if (!(err == err))
+        return INFINITY;
+    if (bound <= 0.0)
+        return err == 0.0 ? 0.0 : INFINITY;
+    return err / bound;
+}
+
+typedef struct row_verdict {
+    double err_o, err_lse, err_w, ratio;
+} row_verdict;
+
+static void note(row_verdict *v, double *err_slot, double err, double bound)
+{
+    if (!(err == err))
+        err = INFINITY;
+    if (err > *err_slot)
+        *err_slot = err;
+    double r = ratio(err, bound);
+    if (r > v->ratio)
+        v->ratio = r;
+}
+
+/* One query row (flat index r = (b * Hq + h) * T + i). Scratch: s [S], ok [S],
+ * oref [Dv]. */
+static void check_row(const mattn__ref_problem *p, int64_t r, double *s, char *ok, double *oref,
+                      row_verdict *v)
+{
+    const mattn_tensor *q = p->q, *k = p->k, *vt = p->v, *o = p->o;
+    const mattn_options *opt = p->opts;
+    const int64_t T = q->seq, S = k->seq, Hq = q->heads, D = q->dim, Dv = vt->dim;
+    const int64_t b = r / (Hq * T), h = r / T % Hq, i = r % T;
+    const int64_t hk = h / (Hq / k->heads);
+    const double u = UNIT_ROUNDOFF;
+    /* The library holds the scale as a float: the default 1/sqrt(D) is
+     * applied rounded to fp32, so that is the exact scale to compare with. */
+    const double scale = opt->scale != 0.0f ? (double)opt->scale
+                                            : (double)(float)(1.0 / sqrt((double)D));
+    const double cap = opt->softcap;
+    const double sink = opt->sinks ? (double)opt->sinks[h] : -INFINITY;
+    const float *qi = q->data + b * q->stride_batch + i * q->stride_seq + h * q->stride_head;
+
+    double m = sink, ds = 0.0, vmax = 0.0;
+    int64_t n = 0;
+    for (int64_t j = 0; j < S; j++) {
+        ok[j] = (char)allowed(p, b, h, i, j);
+        if (!ok[j])
+            continue;
+        const float *kj = k->data + b * k->stride_batch + j * k->stride_seq + hk * k->stride_head;
+        const float *vj = vt->data + b * vt->stride_batch + j * vt->stride_seq +
+                          hk * vt->stride_head;
+        double dot = 0.0, mag = 0.0;
+        for (int64_t d = 0; d < D; d++) {
+            dot += (double)qi[d] * (double)kj[d];
+            mag += fabs((double)qi[d] * (double)kj[d]);
+        }
+        double x = scale * dot, err = (double)(D + 2) * u * fabs(scale) * mag;
+        if (cap > 0.0) {
+            x = cap * tanh(x / cap);
+            err += 4.0 * u * cap;
+        }
+        if (opt->bias.data) {
+            const mattn_bias *bi = &opt->bias;
+            int64_t bb = bi->batch == 1 ? 0 : b, bh = bi->heads == 1 ? 0 : h;
+            double bias = bi->data[bb * bi->stride_batch + bh * bi->stride_head +
+                                   i * bi->stride_row + j];
+            x += bias;
+            err += 2.0 * u * (fabs(x) + fabs(bias));
+        }
+        s[j] = x;
+        ds = err > ds ? err : ds;
+        m = x > m ? x : m;
+        for (int64_t d = 0; d < Dv; d++)
+            vmax = fabs((double)vj[d]) > vmax ? fabs((double)vj[d]) : vmax;
+        n++;
+    }
+
+    const float *orow = o->data + b * o->stride_batch + i * o->stride_seq + h * o->stride_head;
+    const float *wrow = p->weights ? p->weights + r * S : NULL;
+    const int64_t lidx = r;
+    memset(v, 0, sizeof *v);
+
+    if (m == -INFINITY) {
+        /* SPEC §4: a row with no allowed key (and no finite sink) is o = 0,
+         * lse = -inf exactly; never NaN. */
+        for (int64_t d = 0; d < Dv; d++)
+            note(v, &v->err_o, fabs((double)orow[d]), 0.0);
+        if (p->lse)
+            note(v, &v->err_lse, p->lse[lidx] == -INFINITY ? 0.0 : INFINITY, 0.0);
+        for (int64_t j = 0; wrow && j < S; j++)
+            note(v, &v->err_w, fabs((double)wrow[j]), 0.0);
+        return;
+    }
+
+    double l = sink > -INFINITY ? exp(sink - m) : 0.0;
+    for (int64_t j = 0; j < S; j++)
+        if (ok[j])
+            l += exp(s[j] - m);
+    const double lse = m + log(l);
+    const double dscale = opt->dropout_p > 0.0f ? 1.0 / (1.0 - (double)opt->dropout_p) : 1.0;
+    const double nn = (double)(n + 1);
+    const double tol_lse = 2.0 * ds + (nn + 8.0) * u * (1.0 + fabs(lse));
+    const double rel_w = ds + tol_lse + 8.0 * u;
+    const double tol_o = ((rel_w + (nn + 8.0) * u) * dscale + u) * vmax;
+
+    memset(oref, 0, sizeof(double) * (size_t)Dv);
+    for (int64_t j = 0; j < S; j++) {
+        if (!ok[j]) {
+            if (wrow)
+                note(v, &v->err_w, fabs((double)wrow[j]), 0.0);
+            continue;
+        }
+        double w = exp(s[j] - m) / l;
+        if (wrow) /* weights are before dropout; below FLT_MIN fp32 may flush */
+            note(v, &v->err_w, fabs((double)wrow[j] - w), rel_w * w + FLT_MIN);
+        if (opt->dropout_p > 0.0f)
+            w = kept(opt, b, h, opt->q_offset + i, opt->kv_offset + j) ? w * dscale : 0.0;
+        const float *vj = vt->data + b * vt->stride_batch + j * vt->stride_seq +
+                          hk * vt->stride_head;
+        for (int64_t d = 0; d < Dv; d++)
+            oref[d] += w * (double)vj[d];
+    }
+    for (int64_t d = 0; d < Dv; d++)
+        note(v, &v->err_o, fabs((double)orow[d] - oref[d]), tol_o);
+    if (p->lse)
+        note(v, &v->err_lse, fabs((double)p->lse[lidx] - lse), tol_lse);
+}
+
+int mattn__ref_check(const mattn__ref_problem *p, int64_t rows, int threads,
+                     mattn__ref_progress progress, void *ctx, mattn__ref_report *report)
+{
+    const int64_t total = p->q->batch * p->q->heads * p->q->seq;
+    const int64_t S = p->k->seq, Dv = p->v->dim;
+    const int64_t n = rows <= 0 || rows > total ? total : rows;
+    int64_t done = 0;
+    int nomem = 0;
+    memset(report, 0, sizeof *report);
+    report->rows = n;
+    if (threads < 1)
+        threads = 1;
+
+#pragma omp parallel num_threads(threads)
+    {
+        double *s = malloc(sizeof(double) * (size_t)(S + Dv + 1));
+        char *ok = malloc((size_t)S + 1);
+        row_verdict mine = {0, 0, 0, 0};
+        int64_t worst = 0;
+        if (s == NULL || ok == NULL) {
+#pragma omp atomic write
+            nomem = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t x = 0; x < n; x++) {
+            int stop;
+#pragma omp atomic read
+            stop = nomem;
+            if (stop)
+                continue;
+            /* Evenly spaced rows: floor(x * total / n), exact in 128 bits. */
+            typedef unsigned __int128 u128;
+            int64_t r = (int64_t)((u128)x * (u128)total / (u128)n);
+            row_verdict v;
+            check_row(p, r, s, ok, s + S, &v);
+            mine.err_o = v.err_o > mine.err_o ? v.err_o : mine.err_o;
+            mine.err_lse = v.err_lse > mine.err_lse ? v.err_lse : mine.err_lse;
+            mine.err_w = v.err_w > mine.err_w ? v.err_w : mine.err_w;
+            if (v.ratio > mine.ratio)
+                mine.ratio = v.ratio, worst = r;
+            int64_t now;
+#pragma omp atomic capture
+            now = ++done;
+            if (progress && omp_get_thread_num() == 0)
+                progress(ctx, now, n);
+        }
+#pragma omp critical(mattn_cli_reference)
+        {
+            if (mine.err_o > report->max_err_o)
+                report->max_err_o = mine.err_o;
+            if (mine.err_lse > report->max_err_lse)
+                report->max_err_lse = mine.err_lse;
+            if (mine.err_w > report->max_err_weights)
+                report->max_err_weights = mine.err_w;
+            if (mine.ratio > report->max_ratio)
+                report->max_ratio = mine.ratio, report->worst_row = worst;
+        }
+        free(s);
+        free(ok);
+    }
+    if (progress)
+        progress(ctx, n, n);
+    return nomem ? mattn__fail(MATTN_ERR_NOMEM, "out of memory in the reference check")
+                 : MATTN_OK;
+}
