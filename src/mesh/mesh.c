@@ -1,6 +1,7 @@
 /* Mesh creation, coordinates and the status agreement. */
 #include "mesh/mesh.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,37 @@ int mattn__comm_agree(MPI_Comm comm, int local_status)
 int mattn__mesh_agree(const mattn_mesh *m, int local_status)
 {
     return mattn__comm_agree(m->comm, local_status);
+}
+
+static int64_t negate(int64_t v)
+{
+    return v == INT64_MIN ? INT64_MAX : -v; /* only a failed rank sends INT64_MIN */
+}
+
+int mattn__mesh_agree_values(const mattn_mesh *m, int local_status, const int64_t *values,
+                             const char *const *names, int n)
+{
+    /* One MAX-allreduce of [-status, v.., -v..]: the first entry is minus
+     * the worst status, and a value agrees iff its max equals its min. */
+    int64_t in[1 + 2 * MATTN__AGREE_MAX], out[1 + 2 * MATTN__AGREE_MAX];
+    if (n > MATTN__AGREE_MAX)
+        n = MATTN__AGREE_MAX;
+    in[0] = -(int64_t)local_status;
+    for (int i = 0; i < n; i++) {
+        in[1 + i] = values[i];
+        in[1 + n + i] = negate(values[i]);
+    }
+    if (MPI_Allreduce(in, out, 1 + 2 * n, MPI_INT64_T, MPI_MAX, m->comm) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce failed while agreeing on a status");
+    if (out[0] != 0) /* some rank failed: every rank saw it, so all enter */
+        return mattn__comm_agree(m->comm, local_status);
+    for (int i = 0; i < n; i++)
+        if (out[1 + i] != negate(out[1 + n + i]))
+            return mattn__fail(MATTN_ERR_ARG,
+                               "ranks passed different values of %s (from %lld to %lld)",
+                               names[i], (long long)negate(out[1 + n + i]),
+                               (long long)out[1 + i]);
+    return MATTN_OK;
 }
 
 int mattn_mesh_create(MPI_Comm comm, int dp, int tp, int sp, mattn_mesh **out)

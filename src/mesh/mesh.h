@@ -26,4 +26,16 @@ int mattn__mesh_agree(const mattn_mesh *m, int local_status);
 /* The same over any communicator (used before a mesh exists). */
 int mattn__comm_agree(MPI_Comm comm, int local_status);
 
+/* Most values one agreement can compare. */
+#define MATTN__AGREE_MAX 32
+
+/* Collective over m->comm, one allreduce in the success path: agrees on the
+ * status as mattn__mesh_agree does AND checks that every rank passed the
+ * same values[0..n) (a distributed call's schedule is derived from them, so
+ * ranks that disagree would otherwise wait for messages that never come).
+ * A failed status wins; else a mismatch gives MATTN_ERR_ARG on every rank,
+ * naming names[i] of the first differing value. n <= MATTN__AGREE_MAX. */
+int mattn__mesh_agree_values(const mattn_mesh *m, int local_status, const int64_t *values,
+                             const char *const *names, int n);
+
 #endif

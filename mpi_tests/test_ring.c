@@ -1,0 +1,815 @@
+/* Ring attention (SPEC §7) against the float64 reference, on every mesh
+ * shape the job's size allows (dp x tp x sp = ranks), both sequence layouts
+ * and both transports, for every option of SPEC §3-4, GQA/MQA and uneven or
+ * empty shards. Every rank builds the same global problem, takes its own
+ * shard with the test's own reading of the layouts below (not the
+ * library's), runs the ring and checks its rows against the reference. The
+ * single-rank flash result of the same global problem is checked against
+ * the same reference, so ring == flash == reference. Collective: every test
+ * runs on every rank. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/testlib.h"
+
+/* ------------------------------------------------------------------ shards */
+
+/* SPEC §7, written out: n rows cut into m near-equal chunks (the first n % m
+ * one longer); contiguous: part i is chunk i of sp; zigzag: chunks i and
+ * 2sp-1-i of 2sp. Returns the global row of every local row. */
+static int64_t *t_rows(int64_t n, int parts, int idx, mattn_seq_layout layout, int64_t *len)
+{
+    int m = layout == MATTN_SEQ_ZIGZAG ? 2 * parts : parts;
+    int chunks[2] = {idx, 2 * parts - 1 - idx};
+    int nc = layout == MATTN_SEQ_ZIGZAG ? 2 : 1;
+    int64_t *rows = tl_alloc(sizeof(int64_t) * (size_t)(n + 1));
+    *len = 0;
+    for (int c = 0; c < nc; c++) {
+        int64_t base = n / m, extra = n % m, ch = chunks[c];
+        int64_t size = base + (ch < extra ? 1 : 0);
+        int64_t start = ch * base + (ch < extra ? ch : extra);
+        for (int64_t i = 0; i < size; i++)
+            rows[(*len)++] = start + i;
+    }
+    return rows;
+}
+
+/* What this rank holds of a problem on a dp x tp x sp mesh. */
+typedef struct shard {
+    int dp, tp, sp, dpr, tpr, spr;
+    int64_t b0, nb, hq0, nhq, hk0, nhk, T, S;
+    int64_t *trow, *srow; /* global row of each local q / kv row */
+} shard;
+
+static void split(int64_t n, int parts, int i, int64_t *start, int64_t *count)
+{
+    *count = n / parts + (i < n % parts ? 1 : 0);
+    *start = i * (n / parts) + (i < n % parts ? i : n % parts);
+}
+
+static shard shard_make(const tc_problem *p, int dp, int tp, int sp, int rank,
+                        mattn_seq_layout layout)
+{
+    shard s = {.dp = dp, .tp = tp, .sp = sp};
+    s.spr = rank % sp, s.tpr = (rank / sp) % tp, s.dpr = rank / (sp * tp);
+    split(p->B, dp, s.dpr, &s.b0, &s.nb);
+    split(p->Hkv, tp, s.tpr, &s.hk0, &s.nhk);
+    int64_t G = p->Hq / p->Hkv;
+    s.hq0 = s.hk0 * G, s.nhq = s.nhk * G;
+    s.trow = t_rows(p->T, sp, s.spr, layout, &s.T);
+    s.srow = t_rows(p->S, sp, s.spr, layout, &s.S);
+    return s;
+}
+
+static void shard_free(shard *s)
+{
+    free(s->trow);
+    free(s->srow);
+}
+
+/* ------------------------------------------------------------------ reference */
+
+typedef struct ref {
+    double *o, *lse, *tol_o, *tol_lse;
+} ref;
+
+/* The float64 reference, and single-rank flash on the whole problem checked
+ * against it (the "== flash" leg of ring == flash == reference). */
+static ref ref_make(const tc_problem *p)
+{
+    size_t nrow = (size_t)(p->B * p->T * p->Hq), nl = (size_t)(p->B * p->Hq * p->T);
+    ref r = {tl_alloc(sizeof(double) * (nrow * (size_t)p->Dv + 1)),
+             tl_alloc(sizeof(double) * (nl + 1)), tl_alloc(sizeof(double) * (nrow + 1)),
+             tl_alloc(sizeof(double) * (nl + 1))};
+    tc_reference(p, r.o, r.lse, NULL, r.tol_o, r.tol_lse, NULL);
+    float *o = tl_alloc(sizeof(float) * (nrow * (size_t)p->Dv + 1));
+    float *lse = tl_alloc(sizeof(float) * (nl + 1));
+    mattn_tensor q = mattn_tensor_bthd(p->q, p->B, p->T, p->Hq, p->D);
+    mattn_tensor k = mattn_tensor_bthd(p->k, p->B, p->S, p->Hkv, p->D);
+    mattn_tensor v = mattn_tensor_bthd(p->v, p->B, p->S, p->Hkv, p->Dv);
+    mattn_tensor to = mattn_tensor_bthd(o, p->B, p->T, p->Hq, p->Dv);
+    mattn_options opts = tc_options(p);
+    assert_int_equal(mattn_flash_forward(&q, &k, &v, &to, lse, &opts), MATTN_OK);
+    tc_check_o("single-rank flash", p, o, r.o, r.tol_o);
+    tc_check_lse("single-rank flash", p, lse, r.lse, r.tol_lse);
+    free(o);
+    free(lse);
+    return r;
+}
+
+static void ref_free(ref *r)
+{
+    free(r->o), free(r->lse), free(r->tol_o), free(r->tol_lse);
+}
+
+/* ------------------------------------------------------------------ one ring run */
+
+typedef struct run_cfg {
+    mattn_seq_layout layout;
+    mattn_ring_comm comm;
+    char tensors; /* 't' BTHD, 'h' BHTD local tensors */
+    int block_q, threads;
+    int want_lse;
+} run_cfg;
+
+/* Local strided view: BTHD or BHTD over a dense buffer. */
+static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
+{
+    return layout == 'h' ? mattn_tensor_bhtd(buf, B, L, H, Dm)
+                         : mattn_tensor_bthd(buf, B, L, H, Dm);
+}
+
+static float *at(const mattn_tensor *t, int64_t b, int64_t s, int64_t h)
+{
+    return t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head;
+}
+
+/* Runs the ring for this rank's shard and checks its rows against the
+ * reference. Returns the status; *o_out / *lse_out (may be NULL) receive the
+ * local outputs in BTHD / [B, Hq, T] order for comparisons between runs. */
+static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, const ref *r,
+                    mattn_ring_stats *stats, float **o_out, float **lse_out)
+{
+    int dp, tp, sp;
+    mattn_mesh_shape(m, &dp, &tp, &sp);
+    shard s = shard_make(p, dp, tp, sp, mattn_mesh_rank(m), cfg->layout);
+
+    /* The library's view of the shard must be the test's. */
+    mattn_dist_shape shape = {p->B, p->T, p->S, p->Hq, p->Hkv, cfg->layout};
+    mattn_shard lib;
+    assert_int_equal(mattn_mesh_shard(m, &shape, mattn_mesh_rank(m), &lib), MATTN_OK);
+    assert_int_equal(lib.batch_start, s.b0);
+    assert_int_equal(lib.batch_count, s.nb);
+    assert_int_equal(lib.q_head_start, s.hq0);
+    assert_int_equal(lib.q_head_count, s.nhq);
+    assert_int_equal(lib.q_len, s.T);
+    assert_int_equal(lib.kv_len, s.S);
+
+    size_t nq = (size_t)(s.nb * s.T * s.nhq * p->D), nk = (size_t)(s.nb * s.S * s.nhk * p->D);
+    size_t nv = (size_t)(s.nb * s.S * s.nhk * p->Dv), no = (size_t)(s.nb * s.T * s.nhq * p->Dv);
+    size_t nl = (size_t)(s.nb * s.nhq * s.T);
+    float *qb = tl_alloc(sizeof(float) * (nq + 1)), *kb = tl_alloc(sizeof(float) * (nk + 1));
+    float *vb = tl_alloc(sizeof(float) * (nv + 1)), *ob = tl_alloc(sizeof(float) * (no + 1));
+    float *lse = tl_alloc(sizeof(float) * (nl + 1));
+    int32_t *qs = NULL, *ks = NULL;
+    mattn_tensor q = view(qb, cfg->tensors, s.nb, s.T, s.nhq, p->D);
+    mattn_tensor k = view(kb, cfg->tensors, s.nb, s.S, s.nhk, p->D);
+    mattn_tensor v = view(vb, cfg->tensors, s.nb, s.S, s.nhk, p->Dv);
+    mattn_tensor o = view(ob, cfg->tensors, s.nb, s.T, s.nhq, p->Dv);
+    for (int64_t b = 0; b < s.nb; b++) {
+        for (int64_t t = 0; t < s.T; t++)
+            for (int64_t h = 0; h < s.nhq; h++)
+                memcpy(at(&q, b, t, h),
+                       p->q + (((s.b0 + b) * p->T + s.trow[t]) * p->Hq + s.hq0 + h) * p->D,
+                       sizeof(float) * (size_t)p->D);
+        for (int64_t j = 0; j < s.S; j++)
+            for (int64_t h = 0; h < s.nhk; h++) {
+                int64_t g = ((s.b0 + b) * p->S + s.srow[j]) * p->Hkv + s.hk0 + h;
+                memcpy(at(&k, b, j, h), p->k + g * p->D, sizeof(float) * (size_t)p->D);
+                memcpy(at(&v, b, j, h), p->v + g * p->Dv, sizeof(float) * (size_t)p->Dv);
+            }
+    }
+    /* NaN everywhere: an output the ring forgets to write fails. */
+    for (size_t x = 0; x < no; x++)
+        ob[x] = NAN;
+    for (size_t x = 0; x < nl; x++)
+        lse[x] = NAN;
+    mattn_options opts = tc_options(p);
+    opts.block_q = cfg->block_q;
+    opts.threads = cfg->threads;
+    if (p->q_seg) {
+        qs = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.T + 1));
+        ks = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.S + 1));
+        for (int64_t b = 0; b < s.nb; b++) {
+            for (int64_t t = 0; t < s.T; t++)
+                qs[b * s.T + t] = p->q_seg[(s.b0 + b) * p->T + s.trow[t]];
+            for (int64_t j = 0; j < s.S; j++)
+                ks[b * s.S + j] = p->kv_seg[(s.b0 + b) * p->S + s.srow[j]];
+        }
+        opts.q_segment_ids = qs;
+        opts.kv_segment_ids = ks;
+    }
+    mattn_ring_options ro = mattn_ring_options_default();
+    ro.comm = cfg->comm;
+    int rc = mattn_ring_forward_ex(m, &shape, &q, &k, &v, &o, cfg->want_lse ? lse : NULL, &opts,
+                                   &ro, stats);
+    if (rc == MATTN_OK) {
+        char what[160];
+        snprintf(what, sizeof what, "ring mesh %dx%dx%d rank %d %s/%s tensors=%c bq=%d th=%d",
+                 dp, tp, sp, mattn_mesh_rank(m), mattn_seq_layout_name(cfg->layout),
+                 mattn_ring_comm_name(cfg->comm), cfg->tensors, cfg->block_q, cfg->threads);
+        for (int64_t b = 0; b < s.nb; b++)
+            for (int64_t t = 0; t < s.T; t++)
+                for (int64_t h = 0; h < s.nhq; h++) {
+                    int64_t gb = s.b0 + b, gt = s.trow[t], gh = s.hq0 + h;
+                    int64_t row = (gb * p->T + gt) * p->Hq + gh;
+                    const float *got = at(&o, b, t, h);
+                    for (int64_t d = 0; d < p->Dv; d++) {
+                        double want = r->o[row * p->Dv + d];
+                        if (!(fabs(got[d] - want) <= r->tol_o[row]))
+                            fail_msg("%s: o[b=%lld, t=%lld, h=%lld, d=%lld] = %.9g, reference "
+                                     "%.9g, tol %.3g", what, (long long)gb, (long long)gt,
+                                     (long long)gh, (long long)d, got[d], want, r->tol_o[row]);
+                    }
+                    if (!cfg->want_lse)
+                        continue;
+                    int64_t li = (gb * p->Hq + gh) * p->T + gt;
+                    double gl = lse[(b * s.nhq + h) * s.T + t], wl = r->lse[li];
+                    int ok = wl == -INFINITY ? gl == -INFINITY : fabs(gl - wl) <= r->tol_lse[li];
+                    if (!ok)
+                        fail_msg("%s: lse[b=%lld, h=%lld, t=%lld] = %.9g, reference %.9g, tol "
+                                 "%.3g", what, (long long)gb, (long long)gh, (long long)gt, gl,
+                                 wl, r->tol_lse[li]);
+                }
+        if (o_out) {
+            *o_out = tl_alloc(sizeof(float) * (no + 1));
+            for (int64_t b = 0; b < s.nb; b++)
+                for (int64_t t = 0; t < s.T; t++)
+                    for (int64_t h = 0; h < s.nhq; h++)
+                        memcpy(*o_out + ((b * s.T + t) * s.nhq + h) * p->Dv, at(&o, b, t, h),
+                               sizeof(float) * (size_t)p->Dv);
+        }
+        if (lse_out) {
+            *lse_out = lse;
+            lse = NULL;
+        }
+    }
+    free(qb), free(kb), free(vb), free(ob), free(lse), free(qs), free(ks);
+    shard_free(&s);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ meshes */
+
+#define MAX_MESHES 16
+static mattn_mesh *meshes[MAX_MESHES];
+static int n_meshes;
+
+/* Every dp x tp x sp factorisation of the job size, sequence-heavy first. */
+static void meshes_create(void)
+{
+    int size = tl_size();
+    for (int sp = size; sp >= 1; sp--)
+        for (int tp = 1; tp <= size / sp; tp++) {
+            if (size % (sp * tp) != 0)
+                continue;
+            int dp = size / (sp * tp);
+            if (mattn_mesh_create(MPI_COMM_WORLD, dp, tp, sp, &meshes[n_meshes]) != MATTN_OK) {
+                fprintf(stderr, "mesh %dx%dx%d: %s\n", dp, tp, sp, mattn_last_error());
+                MPI_Abort(MPI_COMM_WORLD, 1);
+            }
+            n_meshes++;
+        }
+}
+
+static void meshes_free(void)
+{
+    for (int i = 0; i < n_meshes; i++)
+        mattn_mesh_free(meshes[i]);
+}
+
+/* Every mesh x layout x transport (and both local tensor layouts on the
+ * first mesh). The two transports must agree bit for bit: same pieces,
+ * same merge order. */
+static void check_everywhere(const tc_problem *p, int block_q, int threads)
+{
+    ref r = ref_make(p);
+    for (int mi = 0; mi < n_meshes; mi++)
+        for (int l = 0; l < 2; l++) {
+            float *o1 = NULL, *o2 = NULL, *l1 = NULL, *l2 = NULL;
+            run_cfg cfg = {.layout = l ? MATTN_SEQ_ZIGZAG : MATTN_SEQ_CONTIGUOUS,
+                           .comm = MATTN_RING_COMM_OVERLAP, .tensors = 't',
+                           .block_q = block_q, .threads = threads, .want_lse = 1};
+            assert_int_equal(run_ring(p, meshes[mi], &cfg, &r, NULL, &o1, &l1), MATTN_OK);
+            cfg.comm = MATTN_RING_COMM_SENDRECV;
+            cfg.tensors = mi == 0 ? 'h' : 't';
+            assert_int_equal(run_ring(p, meshes[mi], &cfg, &r, NULL, &o2, &l2), MATTN_OK);
+            int dp, tp, sp;
+            mattn_mesh_shape(meshes[mi], &dp, &tp, &sp);
+            mattn_shard sh;
+            mattn_dist_shape shape = {p->B, p->T, p->S, p->Hq, p->Hkv, cfg.layout};
+            mattn_mesh_shard(meshes[mi], &shape, mattn_mesh_rank(meshes[mi]), &sh);
+            size_t no = (size_t)(sh.batch_count * sh.q_len * sh.q_head_count * p->Dv);
+            size_t nl = (size_t)(sh.batch_count * sh.q_len * sh.q_head_count);
+            if (no > 0)
+                assert_memory_equal(o1, o2, sizeof(float) * no);
+            if (nl > 0)
+                assert_memory_equal(l1, l2, sizeof(float) * nl);
+            free(o1), free(o2), free(l1), free(l2);
+        }
+    /* lse not wanted: the ring keeps its own accumulator. */
+    run_cfg cfg = {.layout = MATTN_SEQ_ZIGZAG, .comm = MATTN_RING_COMM_OVERLAP,
+                   .tensors = 't', .block_q = block_q, .threads = threads, .want_lse = 0};
+    assert_int_equal(run_ring(p, meshes[0], &cfg, &r, NULL, NULL, NULL), MATTN_OK);
+    ref_free(&r);
+}
+
+static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq,
+                       int64_t Hkv, int64_t D, int64_t Dv)
+{
+    tl_rng r = tl_rng_make(seed);
+    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void test_plain(void **state)
+{
+    (void)state;
+    tc_problem p = base(1, 2, 61, 61, 2, 2, 16, 16); /* 61: uneven for 2, 3, 4 ranks */
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_causal_gqa(void **state)
+{
+    (void)state;
+    tc_problem p = base(2, 2, 97, 97, 4, 2, 16, 16);
+    p.causal = 1;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_cross_lengths_offsets(void **state)
+{
+    (void)state;
+    tc_problem p = base(3, 1, 40, 101, 2, 1, 16, 12); /* T != S, Dv != D */
+    p.causal = 1;
+    p.q_offset = 61; /* bottom-right: chunked prefill */
+    check_everywhere(&p, 0, 1);
+    p.q_offset = -7, p.kv_offset = 3; /* first rows see nothing */
+    check_everywhere(&p, 0, 1);
+    p.causal = 0;
+    p.q_offset = 1000, p.kv_offset = 990;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_window(void **state)
+{
+    (void)state;
+    static const int64_t w[][2] = {{5, 0}, {3, 7}, {0, 0}, {-1, 4}, {9, -1}, {40, 40}};
+    tc_problem p = base(4, 1, 83, 83, 2, 1, 8, 8);
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        p.window_left = w[i][0], p.window_right = w[i][1];
+        p.causal = (int)(i % 2);
+        check_everywhere(&p, 0, 1);
+    }
+    tc_free(&p);
+}
+
+static void test_chunk(void **state)
+{
+    (void)state;
+    tc_problem p = base(5, 2, 77, 77, 2, 2, 8, 8);
+    p.chunk = 8;
+    p.causal = 1; /* chunked causal */
+    check_everywhere(&p, 0, 1);
+    p.causal = 0, p.chunk = 30, p.q_offset = 13, p.kv_offset = -5;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
+{
+    for (int64_t b = 0; b < B; b++) {
+        int32_t id = 0;
+        for (int64_t i = 0; i < L; i++) {
+            if (tl_int(r, 9) == 0)
+                id++;
+            ids[b * L + i] = id % nseg;
+        }
+        for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
+            ids[b * L + i] = -1; /* padding tail */
+    }
+}
+
+static void test_segments(void **state)
+{
+    (void)state;
+    tl_rng r = tl_rng_make(6);
+    tc_problem p = tc_make(&r, 2, 71, 71, 4, 2, 16, 16, 1.0);
+    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
+    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
+    random_segments(&r, p.q_seg, 2, 71, 1000);
+    memcpy(p.kv_seg, p.q_seg, sizeof(int32_t) * 2 * 71);
+    p.causal = 1;
+    check_everywhere(&p, 0, 1);
+    random_segments(&r, p.kv_seg, 2, 71, 3); /* kv ids of their own */
+    p.causal = 0;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_mask_bias(void **state)
+{
+    (void)state;
+    static const int64_t dims[][2] = {{1, 1}, {2, 1}, {1, 4}, {2, 4}};
+    for (size_t c = 0; c < 4; c++) {
+        tl_rng r = tl_rng_make(7 + c);
+        tc_problem p = tc_make(&r, 2, 45, 53, 4, 2, 8, 8, 1.0);
+        p.mask_b = dims[c][0], p.mask_h = dims[c][1];
+        p.bias_b = dims[3 - c][0], p.bias_h = dims[3 - c][1];
+        int64_t nm = p.mask_b * p.mask_h * p.T * p.S, nb = p.bias_b * p.bias_h * p.T * p.S;
+        p.mask = tl_alloc((size_t)nm);
+        for (int64_t x = 0; x < nm; x++)
+            p.mask[x] = (uint8_t)(tl_int(&r, 3) != 0);
+        p.bias = tl_alloc(sizeof(float) * (size_t)nb);
+        tl_fill(&r, p.bias, nb, 2.0);
+        p.causal = (int)(c % 2);
+        check_everywhere(&p, 0, 1);
+        tc_free(&p);
+    }
+}
+
+static void test_sinks(void **state)
+{
+    (void)state;
+    tl_rng r = tl_rng_make(11);
+    tc_problem p = tc_make(&r, 2, 50, 50, 4, 2, 16, 16, 1.0);
+    p.sinks = tl_alloc(sizeof(float) * 4);
+    p.sinks[0] = 0.5f, p.sinks[1] = -3.0f, p.sinks[2] = 4.0f, p.sinks[3] = -INFINITY;
+    check_everywhere(&p, 0, 1);
+    p.causal = 1, p.q_offset = -4; /* masked rows: o = 0, lse = sink, folded once */
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_softcap_dropout(void **state)
+{
+    (void)state;
+    tl_rng r = tl_rng_make(12);
+    tc_problem p = tc_make(&r, 2, 57, 57, 4, 2, 32, 16, 3.0);
+    p.softcap = 5.0;
+    p.causal = 1;
+    check_everywhere(&p, 0, 1);
+    p.softcap = 0.0;
+    p.dropout_p = 0.3f, p.seed = 77;
+    check_everywhere(&p, 0, 1);
+    p.drop_b0 = 3, p.drop_h0 = 5; /* the global problem is itself a shard */
+    p.softcap = 20.0;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_mqa_and_empty_head_shards(void **state)
+{
+    (void)state;
+    /* Hkv = 1: with tp > 1 some ranks hold no heads at all. */
+    tc_problem p = base(13, 2, 66, 66, 4, 1, 16, 16);
+    p.causal = 1;
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+    /* Hkv = 3 over tp = 2 or 4: uneven and empty head groups. */
+    p = base(14, 1, 30, 30, 6, 3, 8, 8);
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_tiny_and_empty_shards(void **state)
+{
+    (void)state;
+    /* T, S < 2 * sp: zigzag leaves ranks with one run or none. */
+    static const int64_t ts[][2] = {{3, 3}, {1, 5}, {5, 1}, {2, 7}, {1, 1}};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        tc_problem p = base(15 + i, 1, ts[i][0], ts[i][1], 2, 1, 8, 8);
+        p.causal = (int)(i % 2);
+        p.q_offset = p.causal ? p.S - p.T : 0;
+        check_everywhere(&p, 0, 1);
+        tc_free(&p);
+    }
+    /* S = 0: every row fully masked; B = 1 with dp > 1: empty batch shards. */
+    tc_problem p = base(20, 1, 9, 0, 2, 2, 8, 8);
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+    p = base(21, 1, 0, 9, 2, 2, 8, 8);
+    check_everywhere(&p, 0, 1);
+    tc_free(&p);
+}
+
+static void test_pieces_and_threads(void **state)
+{
+    (void)state;
+    /* Small q blocks: many pieces per run, so several partials per row and
+     * polls between kernel calls; 2 threads per rank in the kernel and merge. */
+    tc_problem p = base(22, 2, 90, 90, 4, 2, 16, 16);
+    p.causal = 1;
+    check_everywhere(&p, 4, 1);
+    check_everywhere(&p, 7, 2);
+    p.causal = 0, p.window_left = 10, p.window_right = 2;
+    check_everywhere(&p, 3, 1);
+    tc_free(&p);
+}
+
+static void test_everything_at_once(void **state)
+{
+    (void)state;
+    tl_rng r = tl_rng_make(23);
+    tc_problem p = tc_make(&r, 2, 96, 130, 6, 2, 20, 12, 1.0);
+    p.causal = 1, p.q_offset = 34;
+    p.window_left = 50, p.window_right = 3;
+    p.chunk = 64;
+    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 96);
+    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 130);
+    for (int64_t b = 0; b < 2; b++) {
+        for (int64_t i = 0; i < 96; i++)
+            p.q_seg[b * 96 + i] = (int32_t)((i + 34) / 40);
+        for (int64_t j = 0; j < 130; j++)
+            p.kv_seg[b * 130 + j] = (int32_t)(j / 40);
+        p.q_seg[b * 96 + 95] = -1;
+    }
+    p.mask_b = 1, p.mask_h = 6;
+    p.mask = tl_alloc(6 * 96 * 130);
+    for (int64_t x = 0; x < 6 * 96 * 130; x++)
+        p.mask[x] = (uint8_t)(tl_int(&r, 5) != 0);
+    p.bias_b = 2, p.bias_h = 1;
+    p.bias = tl_alloc(sizeof(float) * 2 * 96 * 130);
+    tl_fill(&r, p.bias, 2 * 96 * 130, 1.0);
+    p.sinks = tl_alloc(sizeof(float) * 6);
+    tl_fill(&r, p.sinks, 6, 2.0);
+    p.softcap = 8.0;
+    p.dropout_p = 0.25f, p.seed = 5;
+    p.scale = 0.3;
+    check_everywhere(&p, 0, 1);
+    check_everywhere(&p, 5, 2);
+    tc_free(&p);
+}
+
+static void test_random_combinations(void **state)
+{
+    (void)state;
+    for (int iter = 0; iter < 10; iter++) {
+        tl_rng r = tl_rng_make(500 + iter);
+        int64_t Hkv = 1 + tl_int(&r, 3), G = 1 + tl_int(&r, 3);
+        int64_t T = 1 + tl_int(&r, 90), S = 1 + tl_int(&r, 90);
+        int64_t D = 1 + tl_int(&r, 24), Dv = 1 + tl_int(&r, 24), B = 1 + tl_int(&r, 2);
+        tc_problem p = tc_make(&r, B, T, S, Hkv * G, Hkv, D, Dv, 1.0);
+        p.causal = (int)tl_int(&r, 2);
+        p.q_offset = tl_int(&r, 3) == 0 ? S - T : tl_int(&r, 20) - 5;
+        if (tl_int(&r, 2))
+            p.window_left = tl_int(&r, 30) - 1, p.window_right = tl_int(&r, 30) - 1;
+        if (tl_int(&r, 3) == 0)
+            p.chunk = 1 + tl_int(&r, 30);
+        if (tl_int(&r, 3) == 0) {
+            p.q_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * T));
+            p.kv_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * S));
+            for (int64_t x = 0; x < B * T; x++)
+                p.q_seg[x] = (int32_t)tl_int(&r, 4) - 1;
+            for (int64_t x = 0; x < B * S; x++)
+                p.kv_seg[x] = (int32_t)tl_int(&r, 4) - 1;
+        }
+        if (tl_int(&r, 3) == 0) {
+            p.sinks = tl_alloc(sizeof(float) * (size_t)p.Hq);
+            tl_fill(&r, p.sinks, p.Hq, 3.0);
+        }
+        if (tl_int(&r, 3) == 0)
+            p.softcap = 1.0 + 10.0 * tl_uniform(&r);
+        if (tl_int(&r, 3) == 0)
+            p.dropout_p = (float)(0.8 * tl_uniform(&r)), p.seed = (uint64_t)iter;
+        check_everywhere(&p, (int)tl_int(&r, 12), 1 + (int)tl_int(&r, 2));
+        tc_free(&p);
+    }
+}
+
+/* ------------------------------------------------------------------ schedule */
+
+static int64_t floordiv(int64_t a, int64_t b)
+{
+    return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
+
+/* Brute force from SPEC §3: may some query of the rows `qr` see some key of
+ * the rows `kr` under causal / window / chunk? */
+static int t_sees(const tc_problem *p, const int64_t *qr, int64_t nq, const int64_t *kr,
+                  int64_t nk)
+{
+    for (int64_t a = 0; a < nq; a++)
+        for (int64_t c = 0; c < nk; c++) {
+            int64_t qp = p->q_offset + qr[a], kp = p->kv_offset + kr[c];
+            if (p->causal && kp > qp)
+                continue;
+            if (p->window_left >= 0 && kp < qp - p->window_left)
+                continue;
+            if (p->window_right >= 0 && kp > qp + p->window_right)
+                continue;
+            if (p->chunk > 0 && floordiv(qp, p->chunk) != floordiv(kp, p->chunk))
+                continue;
+            return 1;
+        }
+    return 0;
+}
+
+/* Exactly the transfers positions demand: rank r receives from src iff one
+ * of its queries may see one of src's keys, and steps that see nothing are
+ * not computed. Checked against a brute-force count for each rank. */
+static void check_schedule(const tc_problem *p, mattn_seq_layout layout)
+{
+    ref r = ref_make(p);
+    for (int mi = 0; mi < n_meshes; mi++) {
+        int dp, tp, sp, rank = mattn_mesh_rank(meshes[mi]);
+        mattn_mesh_shape(meshes[mi], &dp, &tp, &sp);
+        shard me = shard_make(p, dp, tp, sp, rank, layout);
+        int64_t want_recv = 0, want_send = 0, want_steps = 0;
+        int active = me.nb > 0 && me.nhq > 0;
+        for (int other = 0; other < sp && active; other++) {
+            shard o = shard_make(p, dp, tp, sp, rank - me.spr + other, layout);
+            int in = t_sees(p, me.trow, me.T, o.srow, o.S);
+            int out = t_sees(p, o.trow, o.T, me.srow, me.S);
+            want_steps += in;
+            if (other != me.spr)
+                want_recv += in, want_send += out;
+            shard_free(&o);
+        }
+        for (int c = 0; c < 2; c++) {
+            run_cfg cfg = {.layout = layout, .comm = c ? MATTN_RING_COMM_SENDRECV
+                                                       : MATTN_RING_COMM_OVERLAP,
+                           .tensors = 't', .want_lse = 1};
+            mattn_ring_stats st;
+            assert_int_equal(run_ring(p, meshes[mi], &cfg, &r, &st, NULL, NULL), MATTN_OK);
+            assert_int_equal(st.messages_received, want_recv);
+            assert_int_equal(st.messages_sent, want_send);
+            assert_int_equal(st.steps, want_steps);
+            assert_true(st.bytes_received >= want_recv * (int64_t)sizeof(float) * me.nb * me.nhk *
+                                                  (p->D + p->Dv));
+            /* The job totals balance: every message sent is received. */
+            int64_t mine[2] = {st.messages_sent, st.messages_received}, tot[2];
+            MPI_Allreduce(mine, tot, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+            assert_int_equal(tot[0], tot[1]);
+        }
+        shard_free(&me);
+    }
+    ref_free(&r);
+}
+
+static void test_schedule_causal(void **state)
+{
+    (void)state;
+    tc_problem p = base(30, 1, 64, 64, 2, 1, 8, 8);
+    p.causal = 1;
+    check_schedule(&p, MATTN_SEQ_CONTIGUOUS); /* no wrapped-around transfers */
+    check_schedule(&p, MATTN_SEQ_ZIGZAG);     /* everybody needs everybody */
+    tc_free(&p);
+}
+
+static void test_schedule_window(void **state)
+{
+    (void)state;
+    /* A window narrower than a shard: only neighbours exchange, both sides
+     * for a two-sided window. */
+    tc_problem p = base(31, 1, 96, 96, 2, 1, 8, 8);
+    p.window_left = 5, p.window_right = 5;
+    check_schedule(&p, MATTN_SEQ_CONTIGUOUS);
+    check_schedule(&p, MATTN_SEQ_ZIGZAG);
+    p.causal = 1, p.window_right = -1;
+    check_schedule(&p, MATTN_SEQ_CONTIGUOUS);
+    p.causal = 0, p.window_left = 0, p.window_right = 0; /* the diagonal only */
+    check_schedule(&p, MATTN_SEQ_CONTIGUOUS);
+    p.window_left = -1, p.window_right = -1, p.chunk = 16; /* chunks inside shards */
+    check_schedule(&p, MATTN_SEQ_CONTIGUOUS);
+    p.chunk = 0, p.causal = 1, p.q_offset = -200; /* nobody sees anything */
+    check_schedule(&p, MATTN_SEQ_ZIGZAG);
+    tc_free(&p);
+}
+
+static void test_skip_comm_same_work(void **state)
+{
+    (void)state;
+    /* skip_comm computes the same steps (so the benchmark's overhead figure
+     * compares equal work) and sends nothing. */
+    tc_problem p = base(32, 1, 64, 64, 4, 2, 8, 8);
+    p.causal = 1;
+    mattn_mesh *m = meshes[0];
+    int dp, tp, sp;
+    mattn_mesh_shape(m, &dp, &tp, &sp);
+    shard s = shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_ZIGZAG);
+    float *q = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
+    float *k = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
+    float *o = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
+    mattn_tensor tq = mattn_tensor_bthd(q, s.nb, s.T, s.nhq, 8);
+    mattn_tensor tk = mattn_tensor_bthd(k, s.nb, s.S, s.nhk, 8);
+    mattn_tensor to = mattn_tensor_bthd(o, s.nb, s.T, s.nhq, 8);
+    mattn_dist_shape shape = {1, 64, 64, 4, 2, MATTN_SEQ_ZIGZAG};
+    mattn_options opts = tc_options(&p);
+    mattn_ring_options ro = mattn_ring_options_default();
+    mattn_ring_stats a, b;
+    assert_int_equal(mattn_ring_forward_ex(m, &shape, &tq, &tk, &tk, &to, NULL, &opts, &ro, &a),
+                     MATTN_OK);
+    ro.skip_comm = 1;
+    assert_int_equal(mattn_ring_forward_ex(m, &shape, &tq, &tk, &tk, &to, NULL, &opts, &ro, &b),
+                     MATTN_OK);
+    assert_int_equal(a.steps, b.steps);
+    assert_int_equal(a.kernel_calls, b.kernel_calls);
+    assert_int_equal(b.messages_sent, 0);
+    assert_int_equal(b.messages_received, 0);
+    assert_int_equal(a.messages_received, sp > 1 && s.nb > 0 && s.nhq > 0 ? sp - 1 : 0);
+    free(q), free(k), free(o);
+    shard_free(&s);
+    tc_free(&p);
+}
+
+static void test_forward_basic_call(void **state)
+{
+    (void)state;
+    /* mattn_ring_forward (defaults) and mattn_mesh_forward(MATTN_OP_RING). */
+    tc_problem p = base(33, 1, 40, 40, 2, 1, 8, 8);
+    p.causal = 1;
+    ref r = ref_make(&p);
+    mattn_mesh *m = meshes[0];
+    int dp, tp, sp;
+    mattn_mesh_shape(m, &dp, &tp, &sp);
+    shard s = shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_CONTIGUOUS);
+    float *q = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
+    float *k = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
+    float *v = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
+    float *o1 = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
+    float *o2 = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
+    for (int64_t b = 0; b < s.nb; b++) {
+        for (int64_t t = 0; t < s.T; t++)
+            for (int64_t h = 0; h < s.nhq; h++)
+                memcpy(q + ((b * s.T + t) * s.nhq + h) * 8,
+                       p.q + (((s.b0 + b) * p.T + s.trow[t]) * p.Hq + s.hq0 + h) * 8,
+                       sizeof(float) * 8);
+        for (int64_t j = 0; j < s.S; j++)
+            for (int64_t h = 0; h < s.nhk; h++) {
+                int64_t g = ((s.b0 + b) * p.S + s.srow[j]) * p.Hkv + s.hk0 + h;
+                memcpy(k + ((b * s.S + j) * s.nhk + h) * 8, p.k + g * 8, sizeof(float) * 8);
+                memcpy(v + ((b * s.S + j) * s.nhk + h) * 8, p.v + g * 8, sizeof(float) * 8);
+            }
+    }
+    mattn_tensor tq = mattn_tensor_bthd(q, s.nb, s.T, s.nhq, 8);
+    mattn_tensor tk = mattn_tensor_bthd(k, s.nb, s.S, s.nhk, 8);
+    mattn_tensor tv = mattn_tensor_bthd(v, s.nb, s.S, s.nhk, 8);
+    mattn_tensor t1 = mattn_tensor_bthd(o1, s.nb, s.T, s.nhq, 8);
+    mattn_tensor t2 = mattn_tensor_bthd(o2, s.nb, s.T, s.nhq, 8);
+    mattn_dist_shape shape = {1, 40, 40, 2, 1, MATTN_SEQ_CONTIGUOUS};
+    mattn_options opts = tc_options(&p);
+    assert_int_equal(mattn_ring_forward(m, &shape, &tq, &tk, &tv, &t1, NULL, &opts), MATTN_OK);
+    mattn_kernel chosen = MATTN_KERNEL_VANILLA;
+    assert_int_equal(mattn_mesh_forward(m, &shape, MATTN_OP_RING, &tq, &tk, &tv, &t2, NULL,
+                                        &opts, NULL, &chosen),
+                     MATTN_OK);
+    assert_int_equal(chosen, MATTN_KERNEL_FLASH);
+    assert_memory_equal(o1, o2, sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8));
+    for (int64_t t = 0; t < s.T; t++)
+        for (int64_t h = 0; h < s.nhq; h++)
+            for (int d = 0; d < 8; d++) {
+                int64_t row = s.trow[t] * p.Hq + s.hq0 + h;
+                tl_assert_close(o1[(t * s.nhq + h) * 8 + d], r.o[row * 8 + d], r.tol_o[row],
+                                "basic ring o[t=%lld, h=%lld, d=%d]", (long long)s.trow[t],
+                                (long long)(s.hq0 + h), d);
+            }
+    free(q), free(k), free(v), free(o1), free(o2);
+    shard_free(&s);
+    ref_free(&r);
+    tc_free(&p);
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "test_ring: TIMEOUT (a collective call hung)\n";
+    if (write(2, msg, sizeof msg - 1) < 0)
+        _exit(3);
+    _exit(3);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    signal(SIGALRM, on_alarm);
+    /* A hang is a failure, not a stuck CI (a failed assertion on one rank
+     * also leaves the others waiting in a collective). */
+    const char *limit = getenv("TEST_ALARM");
+    alarm(limit ? (unsigned)atoi(limit) : 240);
+    meshes_create();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plain),
+        cmocka_unit_test(test_causal_gqa),
+        cmocka_unit_test(test_cross_lengths_offsets),
+        cmocka_unit_test(test_window),
+        cmocka_unit_test(test_chunk),
+        cmocka_unit_test(test_segments),
+        cmocka_unit_test(test_mask_bias),
+        cmocka_unit_test(test_sinks),
+        cmocka_unit_test(test_softcap_dropout),
+        cmocka_unit_test(test_mqa_and_empty_head_shards),
+        cmocka_unit_test(test_tiny_and_empty_shards),
+        cmocka_unit_test(test_pieces_and_threads),
+        cmocka_unit_test(test_everything_at_once),
+        cmocka_unit_test(test_random_combinations),
+        cmocka_unit_test(test_schedule_causal),
+        cmocka_unit_test(test_schedule_window),
+        cmocka_unit_test(test_skip_comm_same_work),
+        cmocka_unit_test(test_forward_basic_call),
+    };
+    int failed = tl_run_all("ring", tests, sizeof tests / sizeof tests[0]);
+    meshes_free();
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}

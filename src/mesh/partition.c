@@ -1,0 +1,106 @@
+/* shard_map-style partitioning: vanilla, flash and sdpa over dp x tp.
+ *
+ * A rank owns whole batch entries and whole kv-head groups, so its part of
+ * the attention needs nothing from any other rank: it is a plain
+ * single-rank call on its shard, with the global sinks, mask and bias
+ * sliced to its batch entries and heads and the dropout indices offset to
+ * its global ones. The only messages are the status agreements. */
+#include "core/status.h"
+#include "mattn.h"
+#include "mesh/dist.h"
+#include "ops/ops.h"
+
+const char *mattn_op_name(mattn_op op)
+{
+    switch (op) {
+    case MATTN_OP_VANILLA:
+        return "vanilla";
+    case MATTN_OP_FLASH:
+        return "flash";
+    case MATTN_OP_SDPA:
+        return "sdpa";
+    case MATTN_OP_SPLASH:
+        return "splash";
+    case MATTN_OP_RING:
+        return "ring";
+    }
+    return "unknown";
+}
+
+/* The single-rank options of this rank's shard. */
+static mattn_options local_options(const mattn_options *opts, const mattn__dist *d)
+{
+    const mattn__problem *p = &d->local;
+    mattn_options lo = *opts;
+    lo.sinks = p->sinks;
+    lo.dropout_batch_offset = p->dropout_b0;
+    lo.dropout_head_offset = p->dropout_h0;
+    if (opts->mask.data) {
+        lo.mask.data = p->mask;
+        lo.mask.batch = opts->mask.batch == 1 ? 1 : d->shard.batch_count;
+        lo.mask.heads = opts->mask.heads == 1 ? 1 : d->shard.q_head_count;
+    }
+    if (opts->bias.data) {
+        lo.bias.data = p->bias;
+        lo.bias.batch = opts->bias.batch == 1 ? 1 : d->shard.batch_count;
+        lo.bias.heads = opts->bias.heads == 1 ? 1 : d->shard.q_head_count;
+    }
+    return lo;
+}
+
+int mattn_mesh_forward(const mattn_mesh *m, const mattn_dist_shape *shape, mattn_op op,
+                       const mattn_tensor *q, const mattn_tensor *k, const mattn_tensor *v,
+                       const mattn_tensor *o, float *lse, const mattn_options *opts,
+                       const mattn_ring_options *ring, mattn_kernel *chosen)
+{
+    if (m == NULL) /* nothing to agree over */
+        return mattn__fail(MATTN_ERR_ARG, "mesh is NULL");
+    if (op == MATTN_OP_RING) {
+        int rc = mattn_ring_forward_ex(m, shape, q, k, v, o, lse, opts, ring, NULL);
+        if (rc == MATTN_OK && chosen)
+            *chosen = MATTN_KERNEL_FLASH; /* the ring runs the flash kernel per step */
+        return rc;
+    }
+    mattn__dist d;
+    int rc = mattn__dist_prepare(m, shape, q, k, v, o, lse, opts, &d);
+    if (rc == MATTN_OK && op != MATTN_OP_VANILLA && op != MATTN_OP_FLASH &&
+        op != MATTN_OP_SDPA && op != MATTN_OP_SPLASH)
+        rc = mattn__fail(MATTN_ERR_ARG, "unknown operator %d", (int)op);
+    else if (rc == MATTN_OK && op == MATTN_OP_SPLASH)
+        rc = mattn__fail(MATTN_ERR_UNSUPPORTED,
+                         "splash is not available under mesh partitioning yet");
+    else if (rc == MATTN_OK && m->sp > 1)
+        rc = mattn__fail(MATTN_ERR_UNSUPPORTED,
+                         "%s partitions batch and heads only but the mesh has sp=%d: use "
+                         "MATTN_OP_RING to shard the sequence",
+                         mattn_op_name(op), m->sp);
+    rc = mattn__dist_agree(m, rc, shape, q, v, opts, op, ring);
+    if (rc)
+        return rc;
+
+    mattn_kernel kernel = op == MATTN_OP_VANILLA ? MATTN_KERNEL_VANILLA : MATTN_KERNEL_FLASH;
+    if (d.active) {
+        mattn_options lo = local_options(opts, &d);
+        if (op == MATTN_OP_VANILLA)
+            rc = mattn_vanilla_forward(q, k, v, o, lse, NULL, &lo);
+        else if (op == MATTN_OP_FLASH)
+            rc = mattn_flash_forward(q, k, v, o, lse, &lo);
+        else
+            rc = mattn_sdpa_forward(q, k, v, o, lse, &lo, &kernel);
+    }
+    /* One allreduce agrees on the status (a kernel can still run out of
+     * memory) and tells ranks without work what sdpa ran elsewhere (the
+     * highest kernel if shards chose differently). */
+    int64_t in[2] = {-(int64_t)rc, d.active ? (int64_t)kernel : -1}, out[2];
+    if (MPI_Allreduce(in, out, 2, MPI_INT64_T, MPI_MAX, m->comm) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce failed after the partitioned call");
+    if (out[0] != 0)
+        return mattn__mesh_agree(m, rc); /* every rank saw the failure: all enter */
+    if (!d.active && out[1] >= 0)
+        kernel = (mattn_kernel)out[1];
+    else if (!d.active && op == MATTN_OP_SDPA)
+        kernel = mattn__sdpa_choose(&d.global); /* nobody had work */
+    if (chosen)
+        *chosen = kernel;
+    return rc;
+}

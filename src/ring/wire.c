@@ -1,0 +1,239 @@
+/* The ring's wire: the packed K/V message and the two ways it moves.
+ *
+ * A rank packs its own K/V shard (only its Hkv heads, GQA never expanded)
+ * and its kv segment ids once per call into one contiguous buffer, and every
+ * message it sends is that buffer: a shard goes straight from its owner to
+ * each rank that needs it, never forwarded (ring_fwd.c explains the step
+ * schedule). The receive side has two buffers, so the next step's shard can
+ * arrive while the current one is computed.
+ *
+ * Transports, one table:
+ *   OVERLAP   MPI_Isend/MPI_Irecv started one step ahead; mattn__wire_poll
+ *             (MPI_Testall) runs between kernel calls, because without a
+ *             progress thread a large shared-memory message only advances
+ *             inside MPI calls; MPI_Waitall at the step boundary.
+ *   SENDRECV  one blocking MPI_Sendrecv at the step boundary, one buffer.
+ * With skip set nothing moves and every step reads the rank's own buffer. */
+#include <limits.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/scratch.h"
+#include "core/status.h"
+#include "ring/ring.h"
+
+#define WIRE_TAG 7201
+#define WIRE_UNIT 4096 /* bytes per MPI element: counts stay ints */
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+/* ---------------------------------------------------------------- transports */
+
+static int overlap_start(mattn__wire *w)
+{
+    int rc = MPI_SUCCESS, n = (int)(w->bytes / WIRE_UNIT);
+    if (w->from >= 0)
+        rc = MPI_Irecv(w->slot[w->recv_slot], n, w->unit, w->from, WIRE_TAG, w->comm,
+                       &w->req[1]);
+    if (rc == MPI_SUCCESS && w->to >= 0)
+        rc = MPI_Isend(w->own, n, w->unit, w->to, WIRE_TAG, w->comm, &w->req[0]);
+    if (rc != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: posting the K/V exchange failed");
+    return MATTN_OK;
+}
+
+static int overlap_poll(mattn__wire *w)
+{
+    int done = 0;
+    if (MPI_Testall(2, w->req, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: MPI_Testall on the K/V exchange failed");
+    return MATTN_OK;
+}
+
+static int overlap_finish(mattn__wire *w)
+{
+    if (MPI_Waitall(2, w->req, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: MPI_Waitall on the K/V exchange failed");
+    return MATTN_OK;
+}
+
+static int sendrecv_start(mattn__wire *w)
+{
+    (void)w; /* deferred to the step boundary */
+    return MATTN_OK;
+}
+
+static int sendrecv_poll(mattn__wire *w)
+{
+    (void)w;
+    return MATTN_OK;
+}
+
+static int sendrecv_finish(mattn__wire *w)
+{
+    int n = (int)(w->bytes / WIRE_UNIT);
+    int to = w->to >= 0 ? w->to : MPI_PROC_NULL, from = w->from >= 0 ? w->from : MPI_PROC_NULL;
+    /* MPI_PROC_NULL sides are no-ops; a NULL buffer is fine with them. */
+    if (MPI_Sendrecv(w->own, w->to >= 0 ? n : 0, w->unit, to, WIRE_TAG,
+                     w->slot[w->recv_slot], w->from >= 0 ? n : 0, w->unit, from, WIRE_TAG,
+                     w->comm, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: MPI_Sendrecv of the K/V shard failed");
+    return MATTN_OK;
+}
+
+typedef struct transport {
+    int (*start)(mattn__wire *w);
+    int (*poll)(mattn__wire *w);
+    int (*finish)(mattn__wire *w);
+    int slots; /* receive buffers it needs */
+} transport;
+
+static const transport transports[] = {
+    [MATTN_RING_COMM_OVERLAP] = {overlap_start, overlap_poll, overlap_finish, 2},
+    [MATTN_RING_COMM_SENDRECV] = {sendrecv_start, sendrecv_poll, sendrecv_finish, 1},
+};
+
+/* ---------------------------------------------------------------- buffers */
+
+int mattn__wire_init(mattn__wire *w, MPI_Comm comm, mattn_ring_comm mode, int skip,
+                     const mattn__problem *p, int64_t cap, int sends, int receives)
+{
+    memset(w, 0, sizeof *w);
+    w->comm = comm;
+    w->mode = mode;
+    w->skip = skip;
+    w->unit = MPI_DATATYPE_NULL;
+    w->req[0] = w->req[1] = MPI_REQUEST_NULL;
+    w->to = w->from = -1;
+    w->B = p->B, w->H = p->Hkv, w->cap = cap, w->D = p->D, w->Dv = p->Dv;
+    w->has_seg = p->kv_seg != NULL;
+    size_t rows = (size_t)(w->B * w->H * cap);
+    w->off_v = align64(sizeof(float) * rows * (size_t)w->D);
+    w->off_seg = w->off_v + align64(sizeof(float) * rows * (size_t)w->Dv);
+    size_t end = w->off_seg + (w->has_seg ? sizeof(int32_t) * (size_t)(w->B * cap) : 0);
+    w->bytes = (end + WIRE_UNIT - 1) / WIRE_UNIT * WIRE_UNIT;
+    if (w->bytes / WIRE_UNIT > INT_MAX)
+        return mattn__fail(MATTN_ERR_SHAPE, "ring: a K/V shard of %zu bytes is too large",
+                           w->bytes);
+
+    if ((sends || skip) && (w->own = mattn__scratch_get(w->bytes)) == NULL)
+        return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes for the K/V "
+                           "shard", w->bytes);
+    if (receives && !skip) {
+        for (int i = 0; i < transports[mode].slots; i++)
+            if ((w->slot[i] = mattn__scratch_get(w->bytes)) == NULL)
+                return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes to "
+                                   "receive K/V", w->bytes);
+        if (transports[mode].slots == 1)
+            w->slot[1] = w->slot[0];
+    }
+    if (MPI_Type_contiguous(WIRE_UNIT, MPI_BYTE, &w->unit) != MPI_SUCCESS ||
+        MPI_Type_commit(&w->unit) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: cannot create the message datatype");
+    return MATTN_OK;
+}
+
+void mattn__wire_pack(mattn__wire *w, const mattn__problem *p)
+{
+    float *k = (float *)w->own, *v = (float *)(w->own + w->off_v);
+    int32_t *seg = (int32_t *)(w->own + w->off_seg);
+    size_t kb = sizeof(float) * (size_t)w->D, vb = sizeof(float) * (size_t)w->Dv;
+    for (int64_t b = 0; b < w->B; b++) {
+        for (int64_t h = 0; h < w->H; h++) {
+            float *kd = k + (b * w->H + h) * w->cap * w->D;
+            float *vd = v + (b * w->H + h) * w->cap * w->Dv;
+            for (int64_t j = 0; j < p->S; j++) {
+                memcpy(kd + j * w->D, p->k + b * p->k_sb + j * p->k_ss + h * p->k_sh, kb);
+                memcpy(vd + j * w->Dv, p->v + b * p->v_sb + j * p->v_ss + h * p->v_sh, vb);
+            }
+            /* Rows past this shard's end: defined values for skip mode. */
+            memset(kd + p->S * w->D, 0, kb * (size_t)(w->cap - p->S));
+            memset(vd + p->S * w->Dv, 0, vb * (size_t)(w->cap - p->S));
+        }
+        if (w->has_seg) {
+            memcpy(seg + b * w->cap, p->kv_seg + b * p->kv_seg_sb,
+                   sizeof(int32_t) * (size_t)p->S);
+            memset(seg + b * w->cap + p->S, 0, sizeof(int32_t) * (size_t)(w->cap - p->S));
+        }
+    }
+}
+
+mattn__ring_kv mattn__wire_kv(const mattn__wire *w, int slot, const mattn__runs *runs)
+{
+    const char *buf = w->skip ? w->own : w->slot[slot];
+    mattn__ring_kv kv = {
+        .k = (const float *)buf,
+        .k_sb = w->H * w->cap * w->D, .k_ss = w->D, .k_sh = w->cap * w->D,
+        .v = (const float *)(buf + w->off_v),
+        .v_sb = w->H * w->cap * w->Dv, .v_ss = w->Dv, .v_sh = w->cap * w->Dv,
+        .seg = w->has_seg ? (const int32_t *)(buf + w->off_seg) : NULL,
+        .seg_sb = w->cap,
+        .runs = *runs,
+    };
+    return kv;
+}
+
+/* ---------------------------------------------------------------- exchange */
+
+int mattn__wire_start(mattn__wire *w, int slot, int to, int from)
+{
+    if (w->skip || (to < 0 && from < 0))
+        return MATTN_OK;
+    w->to = to, w->from = from, w->recv_slot = slot;
+    w->pending = 1;
+    return transports[w->mode].start(w);
+}
+
+int mattn__wire_poll(void *vw)
+{
+    mattn__wire *w = vw;
+    if (!w->pending)
+        return MATTN_OK;
+    return transports[w->mode].poll(w);
+}
+
+int mattn__wire_finish(mattn__wire *w)
+{
+    if (!w->pending)
+        return MATTN_OK;
+    double t0 = now();
+    int rc = transports[w->mode].finish(w);
+    w->seconds_wait += now() - t0;
+    if (rc != MATTN_OK)
+        return rc; /* stays pending: the buffers are leaked, not reused */
+    w->pending = 0;
+    if (w->to >= 0)
+        w->messages_sent++, w->bytes_sent += (int64_t)w->bytes;
+    if (w->from >= 0)
+        w->messages_received++, w->bytes_received += (int64_t)w->bytes;
+    w->to = w->from = -1;
+    return MATTN_OK;
+}
+
+void mattn__wire_free(mattn__wire *w)
+{
+    if (w->unit != MPI_DATATYPE_NULL)
+        MPI_Type_free(&w->unit);
+    if (w->pending) {
+        /* MPI failed mid-transfer: MPI may still touch the buffers. */
+        for (int i = 0; i < 2; i++)
+            if (w->req[i] != MPI_REQUEST_NULL)
+                MPI_Request_free(&w->req[i]);
+        return;
+    }
+    mattn__scratch_put(w->own);
+    mattn__scratch_put(w->slot[0]);
+    if (w->slot[1] != w->slot[0])
+        mattn__scratch_put(w->slot[1]);
+    memset(w, 0, sizeof *w);
+}
