@@ -40,6 +40,8 @@ mattn_kernel mattn__sdpa_choose(const mattn__problem *p)
         return MATTN_KERNEL_VANILLA;
     if (p->T * p->S <= SDPA_VANILLA_MAX_LOGITS)
         return MATTN_KERNEL_VANILLA;
+    if (mattn__splash_suits(p))
+        return MATTN_KERNEL_SPLASH;
     return MATTN_KERNEL_FLASH;
 }
 
@@ -52,6 +54,8 @@ int mattn_sdpa_forward(const mattn_tensor *q, const mattn_tensor *k,
     if (rc)
         return rc;
     mattn_kernel kernel = mattn__sdpa_choose(&p);
+    if (kernel == MATTN_KERNEL_SPLASH) /* may still settle on flash: it reports */
+        return mattn__sdpa_splash(&p, chosen);
     if (chosen)
         *chosen = kernel;
     if (kernel == MATTN_KERNEL_VANILLA)

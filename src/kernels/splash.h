@@ -1,0 +1,16 @@
+/* The splash forward kernel (splash_fwd.c). Like every kernel it computes on
+ * local memory from a validated problem and never calls MPI. */
+#ifndef MATTN_KERNELS_SPLASH_H
+#define MATTN_KERNELS_SPLASH_H
+
+#include "core/problem.h"
+#include "kernels/mask_info.h"
+
+/* Attention over the non-empty blocks of `info`, ANDed with every predicate
+ * of the problem itself (causal/window/chunk, segment ids, boolean mask).
+ * The info must describe this problem: info->T == p->T, info->S == p->S,
+ * the same q/kv offsets, and 1 or p->Hq heads (the front door checks). The
+ * problem's block sizes are ignored: the info's are used. */
+int mattn__splash_forward_kernel(const mattn__problem *p, const mattn_splash_info *info);
+
+#endif
