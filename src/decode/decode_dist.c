@@ -1,0 +1,374 @@
+/* Decode across the sp ranks of a mesh (SPEC §7, last bullet): all MPI
+ * traffic of the decode area lives here.
+ *
+ * Each rank of an sp group holds part of every sequence's cache, runs the
+ * local kernel with global positions into packed records (lse, max, o[Dv])
+ * per (query row, head), and the group merges the records:
+ *
+ *   allreduce (default): ONE MPI_Allreduce over sp_comm with a user
+ *     operation that calls mattn__merge_partial (the one merge), created
+ *     non-commutative. MPI then combines the ranks' records in rank order;
+ *     only the bracketing ((r0 r1) r2 vs r0 (r1 r2)) is the implementation's
+ *     choice (MPI-4.0 §6.9.1), and the standard "strongly recommends" that
+ *     the same arguments in the same order give the same result. Open MPI
+ *     and MPICH pick the algorithm and tree from the communicator size, the
+ *     message size and the op's commutativity only, never from timing or
+ *     arrival order, so at a given rank count and problem the result is
+ *     bit-identical from run to run. (A commutative op would let an
+ *     implementation combine in arrival order; this one forbids it. The merge
+ *     of two records is itself symmetric bit for bit: max, a sum of two
+ *     products and one add.) Every rank ends with the same bits because the
+ *     non-commutative algorithms either broadcast the root's result or have
+ *     both partners of each exchange compute the same operation on the same
+ *     operands; the test suite checks both properties at 1-4 ranks.
+ *   allgather (MATTN_DECODE_MERGE=allgather): MPI_Allgather of the records,
+ *     then a merge in rank order on every rank. Order-fixed by construction,
+ *     whatever the MPI library, at P times the traffic: the choice for an MPI
+ *     whose reduction trees are not deterministic.
+ *
+ * Sinks are merged once, after the reduction, on every rank alike.
+ *
+ * Protocol: validate locally; the sp group gathers a small signature (shapes,
+ * a hash of the lengths, this rank's cache range) so a rank with a different
+ * problem or a cache split that does not tile the sequence fails the same
+ * way on every rank; the mesh agrees on the status; the kernel runs; the mesh
+ * agrees again (a rank may run out of memory); only then the merge. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/merge.h"
+#include "core/scratch.h"
+#include "core/status.h"
+#include "decode/decode.h"
+#include "mesh/mesh.h"
+
+/* a (+)= b over n records [lse, max, o[W - 2]]: the one merge for (o, lse),
+ * a max for the largest logit. */
+static void merge_rows(float *a, const float *b, int64_t n, int64_t W)
+{
+    mattn__merge_partial(n, W - 2, a + 2, W, a, W, b + 2, W, b, W);
+    for (int64_t r = 0; r < n; r++)
+        a[r * W + 1] = b[r * W + 1] > a[r * W + 1] ? b[r * W + 1] : a[r * W + 1];
+}
+
+/* MPI user operation: inout = in (+) inout, where in holds lower ranks. The
+ * record width comes from the datatype. */
+static void merge_records_op(void *in, void *inout, int *len, MPI_Datatype *type)
+{
+    int bytes = 0;
+    MPI_Type_size(*type, &bytes);
+    merge_rows(inout, in, *len, bytes / (int)sizeof(float));
+}
+
+static int merge_allreduce(MPI_Comm comm, float *rec, int64_t rows, int64_t W)
+{
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    MPI_Op op = MPI_OP_NULL;
+    int rc = MPI_Type_contiguous((int)W, MPI_FLOAT, &type);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Type_commit(&type);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Op_create(merge_records_op, 0 /* not commutative: rank order */, &op);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allreduce(MPI_IN_PLACE, rec, (int)rows, type, op, comm);
+    if (op != MPI_OP_NULL)
+        MPI_Op_free(&op);
+    if (type != MPI_DATATYPE_NULL)
+        MPI_Type_free(&type);
+    return rc == MPI_SUCCESS ? MATTN_OK
+                             : mattn__fail(MATTN_ERR_MPI, "decode merge: MPI_Allreduce failed");
+}
+
+static int merge_allgather(MPI_Comm comm, float *rec, int64_t rows, int64_t W)
+{
+    int size, rc = MATTN_OK;
+    MPI_Comm_size(comm, &size);
+    int64_t n = rows * W;
+    float *all = mattn__scratch_get(sizeof(float) * (size_t)(n * size));
+    int local = all ? MATTN_OK : MATTN_ERR_NOMEM, worst;
+    /* every rank enters the allgather or none does */
+    if (MPI_Allreduce(&local, &worst, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
+        rc = mattn__fail(MATTN_ERR_MPI, "decode merge: MPI_Allreduce failed");
+    else if (worst != MATTN_OK)
+        rc = mattn__fail(MATTN_ERR_NOMEM, "decode merge: cannot allocate %d x %lld floats",
+                         size, (long long)n);
+    else if (MPI_Allgather(rec, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, comm) !=
+             MPI_SUCCESS)
+        rc = mattn__fail(MATTN_ERR_MPI, "decode merge: MPI_Allgather failed");
+    else {
+        memcpy(rec, all, sizeof(float) * (size_t)n);
+        for (int r = 1; r < size; r++) /* rank order */
+            merge_rows(rec, all + r * n, rows, W);
+    }
+    mattn__scratch_put(all);
+    return rc;
+}
+
+static int merge_records(MPI_Comm comm, float *rec, int64_t rows, int64_t W)
+{
+    const char *alg = getenv("MATTN_DECODE_MERGE");
+    if (rows > INT32_MAX / W)
+        return mattn__fail(MATTN_ERR_UNSUPPORTED,
+                           "decode merge: %lld records exceed one MPI message", (long long)rows);
+    if (alg && strcmp(alg, "allgather") == 0)
+        return merge_allgather(comm, rec, rows, W);
+    return merge_allreduce(comm, rec, rows, W);
+}
+
+/* ---------------------------------------------------------------- agreement */
+
+static uint64_t hash_i32(uint64_t h, const int32_t *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) { /* FNV-1a over the values */
+        h ^= (uint64_t)(uint32_t)(x ? x[i] : 0);
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* What every rank of an sp group must share, and this rank's cache range. */
+typedef struct group_sig {
+    int64_t ok; /* local validation passed */
+    int64_t nseq, Hq, Dv, rows;
+    uint64_t hash;
+    int64_t off, len; /* contiguous: cache positions [off, off + len) */
+} group_sig;
+
+/* Gathers the signatures of the sp group (every rank takes part, valid or
+ * not) and checks that they describe one problem. Same verdict on every rank
+ * of the group. */
+static int check_group(const mattn_mesh *mesh, int local, group_sig *mine, group_sig *all)
+{
+    mine->ok = local == MATTN_OK;
+    if (MPI_Allgather(mine, (int)sizeof *mine, MPI_BYTE, all, (int)sizeof *mine, MPI_BYTE,
+                      mesh->sp_comm) != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "decode: MPI_Allgather of the signatures failed");
+    if (local != MATTN_OK)
+        return local;
+    for (int r = 0; r < mesh->sp; r++) {
+        if (!all[r].ok)
+            return MATTN_OK; /* that rank reports its own error in the agreement */
+        if (all[r].nseq != mine->nseq || all[r].Hq != mine->Hq || all[r].Dv != mine->Dv ||
+            all[r].rows != mine->rows || all[r].hash != mine->hash)
+            return mattn__fail(MATTN_ERR_ARG,
+                               "decode: sp rank %d has a different problem (sequences %lld vs "
+                               "%lld, q heads %lld vs %lld, Dv %lld vs %lld, or different "
+                               "lengths)",
+                               r, (long long)all[r].nseq, (long long)mine->nseq,
+                               (long long)all[r].Hq, (long long)mine->Hq,
+                               (long long)all[r].Dv, (long long)mine->Dv);
+    }
+    return MATTN_OK;
+}
+
+/* Checks that nonempty ranges [off_r, off_r + len_r) over the group are
+ * disjoint and lie in [0, total) with lengths summing to total: then they
+ * tile [0, total) exactly (no key missed, none counted twice). */
+static int check_tiling(int P, const int64_t *off, const int64_t *len, int64_t total,
+                        const char *what, int64_t seq)
+{
+    int64_t sum = 0;
+    for (int r = 0; r < P; r++) {
+        if (len[r] == 0)
+            continue;
+        sum += len[r];
+        if (off[r] < 0 || off[r] + len[r] > total)
+            goto bad;
+        for (int s = 0; s < r; s++)
+            if (len[s] > 0 && off[s] < off[r] + len[r] && off[r] < off[s] + len[s])
+                goto bad;
+    }
+    if (sum == total)
+        return MATTN_OK;
+bad:
+    return mattn__fail(MATTN_ERR_ARG,
+                       "decode: the sp ranks' %s of sequence %lld do not tile [0, %lld) "
+                       "exactly (a key would be missed or counted twice)",
+                       what, (long long)seq, (long long)total);
+}
+
+/* ---------------------------------------------------------------- the merge */
+
+/* Runs the kernel into records, agrees, merges over sp, folds the sinks and
+ * unpacks o [t, h] / lse / max. Rows are (query t, head h), t * Hq + h. */
+static int run_and_merge(const mattn_mesh *mesh, mattn__dec *p, int64_t T, float **recp)
+{
+    const int64_t Hq = p->Hq, Dv = p->Dv, W = Dv + 2, rows = T * Hq;
+    float *o = p->o;
+    int64_t o_st = p->o_st, o_sh = p->o_sh;
+    float *rec = mattn__scratch_get(sizeof(float) * (size_t)(rows * W + 1));
+    int rc = rec ? MATTN_OK
+                 : mattn__fail(MATTN_ERR_NOMEM, "decode: cannot allocate %lld records",
+                               (long long)rows);
+    *recp = rec;
+    if (rc == MATTN_OK) {
+        p->o = rec + 2, p->o_st = Hq * W, p->o_sh = W;
+        p->lse = rec, p->lse_st = Hq * W, p->lse_sh = W;
+        p->mx = rec + 1, p->mx_st = Hq * W, p->mx_sh = W;
+        p->fold_sinks = 0; /* once, after the merge */
+        rc = mattn__decode_kernel(p);
+    }
+    if ((rc = mattn__mesh_agree(mesh, rc)))
+        return rc;
+    if (mesh->sp > 1 && rows > 0)
+        rc = merge_records(mesh->sp_comm, rec, rows, W);
+    if ((rc = mattn__mesh_agree(mesh, rc)))
+        return rc;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < Hq; h++) {
+            float *x = rec + (t * Hq + h) * W;
+            if (p->sinks) {
+                mattn__merge_sink(1, Dv, x + 2, W, x, W, p->sinks[h]);
+                x[1] = p->sinks[h] > x[1] ? p->sinks[h] : x[1];
+            }
+            memcpy(o + t * o_st + h * o_sh, x + 2, sizeof(float) * (size_t)Dv);
+        }
+    return MATTN_OK;
+}
+
+static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
+                           const mattn_tensor *k, const mattn_tensor *v,
+                           const int32_t *starts, const int32_t *ends,
+                           const mattn_tensor *o, float *m, float *l, float *lse,
+                           const mattn_options *opts)
+{
+    if (mesh == NULL)
+        return mattn__fail(MATTN_ERR_ARG, "mesh is NULL");
+    mattn__dec p;
+    float *rec = NULL;
+    group_sig mine = {0}, all[mesh->sp];
+    int rc = mattn__dec_contiguous(&p, q, k, v, starts, ends, o, opts, 0);
+    if (rc == MATTN_OK) {
+        mine.nseq = p.nseq, mine.Hq = p.Hq, mine.Dv = p.Dv, mine.rows = p.nseq * p.Hq;
+        mine.hash = hash_i32(hash_i32(0xcbf29ce484222325ULL, starts, starts ? p.nseq : 0),
+                             ends, p.nseq);
+        mine.off = opts->kv_offset, mine.len = k->seq;
+    }
+    rc = check_group(mesh, rc, &mine, all);
+    if (rc == MATTN_OK) {
+        int ok = 1;
+        for (int r = 0; r < mesh->sp; r++)
+            ok &= (int)all[r].ok;
+        if (ok) {
+            int64_t offs[mesh->sp], lens[mesh->sp], total = 0, need = 0;
+            for (int r = 0; r < mesh->sp; r++)
+                offs[r] = all[r].off, lens[r] = all[r].len, total += all[r].len;
+            rc = check_tiling(mesh->sp, offs, lens, total, "cache rows", 0);
+            for (int64_t b = 0; b < p.nseq && rc == MATTN_OK; b++)
+                need = ends[b] > need ? ends[b] : need;
+            if (rc == MATTN_OK && need > total)
+                rc = mattn__fail(MATTN_ERR_SHAPE,
+                                 "decode: a sequence ends at %lld but the sp ranks' caches "
+                                 "hold positions [0, %lld)",
+                                 (long long)need, (long long)total);
+        }
+    }
+    if ((rc = mattn__mesh_agree(mesh, rc)))
+        goto done;
+
+    rc = run_and_merge(mesh, &p, p.nseq, &rec);
+    if (rc)
+        goto done;
+    const int64_t W = p.Dv + 2, n = p.nseq * p.Hq;
+    for (int64_t i = 0; i < n; i++) { /* records [lse, max, o] */
+        float x_lse = rec[i * W], x_m = rec[i * W + 1];
+        if (lse)
+            lse[i] = x_lse;
+        if (m)
+            m[i] = x_m;
+        if (l)
+            mattn__dec_l_from_lse(1, &x_lse, &x_m, &l[i]);
+    }
+done:
+    mattn__scratch_put(rec);
+    mattn__scratch_put((void *)p.seq);
+    return rc;
+}
+
+int mattn_ar_decode_mesh(const mattn_mesh *mesh, const mattn_tensor *q, const mattn_tensor *k,
+                         const mattn_tensor *v, const int32_t *starts, const int32_t *index,
+                         const mattn_tensor *o, float *lse, const mattn_options *opts)
+{
+    return dist_contiguous(mesh, q, k, v, starts, index, o, NULL, NULL, lse, opts);
+}
+
+int mattn_ragged_decode_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
+                             const mattn_tensor *k, const mattn_tensor *v,
+                             const int32_t *starts, const int32_t *ends,
+                             const mattn_tensor *o, float *m, float *l, float *lse,
+                             const mattn_options *opts)
+{
+    return dist_contiguous(mesh, q, k, v, starts, ends, o, m, l, lse, opts);
+}
+
+int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
+                             const mattn_paged_kv *cache, const int32_t *cu_q_lens,
+                             const mattn_tensor *o, float *lse, const mattn_options *opts)
+{
+    if (mesh == NULL)
+        return mattn__fail(MATTN_ERR_ARG, "mesh is NULL");
+    mattn__dec p;
+    float *rec = NULL;
+    int32_t *ranges = NULL;
+    group_sig mine = {0}, all[mesh->sp];
+    int rc = mattn__dec_paged(&p, q, cache, cu_q_lens, o, opts, 0);
+    int64_t ns = 0;
+    if (rc == MATTN_OK) {
+        ns = p.nseq;
+        mine.nseq = ns, mine.Hq = p.Hq, mine.Dv = p.Dv, mine.rows = q->seq * p.Hq;
+        mine.hash = hash_i32(0xcbf29ce484222325ULL, cu_q_lens, ns + 1);
+        mine.hash = hash_i32(mine.hash, cache->kv_totals ? cache->kv_totals : cache->kv_lens,
+                             ns);
+    }
+    rc = check_group(mesh, rc, &mine, all);
+    /* Same verdict on the whole group: every rank valid and alike, so all
+     * gather the per-sequence ranges, or none does. */
+    int gather = 1;
+    for (int r = 0; r < mesh->sp; r++)
+        gather &= (int)all[r].ok;
+    if (gather && rc == MATTN_OK) {
+        ranges = malloc(sizeof(int32_t) * (size_t)(2 * ns * mesh->sp + 2));
+        int32_t *minev = malloc(sizeof(int32_t) * (size_t)(2 * ns + 2));
+        int local = ranges && minev ? MATTN_OK
+                                    : mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
+        /* an allocation failure must not leave the group half in a collective */
+        int worst;
+        MPI_Allreduce(&local, &worst, 1, MPI_INT, MPI_MIN, mesh->sp_comm);
+        if (worst == MATTN_OK) {
+            for (int64_t s = 0; s < ns; s++) {
+                minev[2 * s] = cache->kv_starts ? cache->kv_starts[s] : 0;
+                minev[2 * s + 1] = cache->kv_lens[s];
+            }
+            if (MPI_Allgather(minev, (int)(2 * ns), MPI_INT32_T, ranges, (int)(2 * ns),
+                              MPI_INT32_T, mesh->sp_comm) != MPI_SUCCESS)
+                rc = mattn__fail(MATTN_ERR_MPI, "decode: MPI_Allgather of ranges failed");
+            for (int64_t s = 0; s < ns && rc == MATTN_OK; s++) {
+                int64_t offs[mesh->sp], lens[mesh->sp];
+                for (int r = 0; r < mesh->sp; r++)
+                    offs[r] = ranges[(r * ns + s) * 2], lens[r] = ranges[(r * ns + s) * 2 + 1];
+                rc = check_tiling(mesh->sp, offs, lens,
+                                  cache->kv_totals ? cache->kv_totals[s] : cache->kv_lens[s],
+                                  "token ranges", s);
+            }
+        } else {
+            rc = local ? local : mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
+        }
+        free(minev);
+    }
+    if ((rc = mattn__mesh_agree(mesh, rc)))
+        goto done;
+
+    rc = run_and_merge(mesh, &p, q->seq, &rec);
+    if (rc == MATTN_OK && lse) { /* lse [Hq, total_q] */
+        const int64_t W = p.Dv + 2, T = q->seq;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < p.Hq; h++)
+                lse[h * T + t] = rec[(t * p.Hq + h) * W];
+    }
+done:
+    free(ranges);
+    mattn__scratch_put(rec);
+    mattn__scratch_put((void *)p.seq);
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* Portable decode inner loops: plain C the compiler vectorises for any
+ * target. Same contract as the AVX-512 ones (src/decode/decode.h). */
+#include "decode/decode.h"
+
+static void dots_portable(const float *q, int64_t R, int64_t D, const float *k, int64_t ks,
+                          int64_t nk, float *s, int64_t ld)
+{
+    for (int64_t i = 0; i < nk; i++) {
+        const float *ki = k + i * ks;
+        for (int64_t r = 0; r < R; r++) {
+            const float *qr = q + r * D;
+            float acc = 0.0f;
+            for (int64_t d = 0; d < D; d++)
+                acc += qr[d] * ki[d];
+            s[r * ld + i] = acc;
+        }
+    }
+}
+
+static void accum_portable(const float *p, int64_t ld, int64_t R, const float *v,
+                           int64_t vs, int64_t nk, int64_t Dv, float *acc)
+{
+    for (int64_t r = 0; r < R; r++) {
+        float *a = acc + r * Dv;
+        for (int64_t i = 0; i < nk; i++) {
+            float w = p[r * ld + i];
+            const float *vi = v + i * vs;
+            for (int64_t d = 0; d < Dv; d++)
+                a[d] += w * vi[d];
+        }
+    }
+}
+
+const mattn__dec_ops mattn__dec_ops_portable = {
+    .name = "portable",
+    .dots = dots_portable,
+    .accum = accum_portable,
+};
