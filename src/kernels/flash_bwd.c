@@ -1,0 +1,408 @@
+/* Flash attention backward: blockwise, probabilities recomputed from lse.
+ *
+ * Shapes: q [B, T, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv], o and dO
+ * [B, T, Hq, Dv], lse and D_i [B, Hq, T] (any strides, head_dim contiguous).
+ *
+ * Work split (FlashAttention-2 style, kv-outer): one task is (batch b, kv
+ * head hk, a contiguous range of kv blocks). It owns dK and dV of those keys
+ * outright, so they accumulate in a small fp32 block accumulator and need no
+ * synchronisation. Its q rows are all T positions x the `group` q heads that
+ * read hk (row = t * group + g, so GQA/MQA read each K/V block once for the
+ * whole group). Per kv block j, per q block i that can see it:
+ *   S   = (scale Q_i) K_j^T            sgemm [rows, D]  x [D, bkv]
+ *   P   = exp(finish(S) - lse)          recomputed: no T x S buffer
+ *   W   = P*Z                           dropout keep factors, same u
+ *   dV += W^T dO_i                      sgemm [bkv, rows] x [rows, Dv]
+ *   dW  = dO_i V_j^T                    sgemm [rows, Dv] x [Dv, bkv]
+ *   dS  = W*dW - P D,  dbias += dS,  dx = f*dS   (f: soft cap factor)
+ *   dQ_i += dx K_j                      sgemm [rows, bkv] x [bkv, D]
+ *   dK  += dx^T (scale Q_i)             sgemm [bkv, rows] x [rows, D]
+ * dQ_i gathers contributions from every kv block, so it lives in an fp32
+ * accumulator for the task's rows, written (times scale) once the task's kv
+ * range is done. The rows (scaled Q, dO, lse, D, dQ) are held for a panel of
+ * positions at a time: all T of them unless T is very long, which then costs
+ * one more sweep over the kv range per panel, never more memory. When there
+ * are fewer (b, hk) pairs than the threads can use, the kv range is split
+ * over several tasks: each then adds its dQ into a private partial, and a
+ * last pass sums the partials.
+ *
+ * Blocks that causal/window/chunk rule out for every row are never visited. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/parallel.h"
+#include "core/scratch.h"
+#include "core/status.h"
+#include "kernels/kernels_bwd.h"
+#include "kernels/rows.h"
+#include "kernels/rows_bwd.h"
+#include "kernels/vecmath.h"
+
+/* Rows per q block and keys per kv block: five GEMMs per block pair each
+ * re-pack their operands, so blocks must be large, but the S, dW and W tiles
+ * plus Q_i, dO_i, dQ_i, K_j, V_j and the dK/dV accumulators should stay in
+ * L2 (see docs/backward.md for the measurements). */
+#define FBWD_ROWS_TARGET 256
+#define FBWD_BLOCK_KV 128
+/* q/dO/dQ panel of at most ~16 MiB per worker. */
+#define FBWD_PANEL_FLOATS ((int64_t)4 << 20)
+/* Aim for at least this many tasks per thread before splitting kv ranges,
+ * but never let the dQ partials of the split take more than ~256 MiB (they
+ * cost nsplit x |q|: with MQA at long T, fewer splits and idle threads beat
+ * gigabytes of partials). */
+#define FBWD_TASKS_PER_THREAD 4
+#define FBWD_PARTIAL_FLOATS ((int64_t)64 << 20)
+
+typedef struct fbwd_ctx {
+    const mattn__problem *p;
+    const mattn__grad *g;
+    const mattn__bwd_prep *prep;
+    const mattn__vecmath *vm;
+    int64_t bq, bkv, rows_max; /* positions per q block, keys per kv block, bq * group */
+    int64_t panel_t, nqb_panel; /* positions per panel (multiple of bq), blocks in it */
+    int64_t nkb, nsplit;       /* kv blocks, kv ranges per (b, hk) */
+    float *dq_part;            /* [nsplit, B, Hkv, T * group, D] when nsplit > 1 */
+    char **ws;
+} fbwd_ctx;
+
+typedef struct fbwd_ws {
+    float *q, *dout, *dq;   /* panel rows: [prow, D] scaled q, [prow, Dv], [prow, D] */
+    float *lse, *delta;     /* [prow] */
+    mattn__row *row;        /* [prow]; empty rows (lse = -inf) have hi = lo */
+    int64_t *qb_lo, *qb_hi; /* per q block of the panel: union of its rows' key ranges */
+    unsigned char *active;  /* [rows_max]: the row sees the current kv block */
+    float *s, *dp, *w, *capf; /* [rows_max, bkv]: P, dW then dx, W (dropout), cap factor */
+    float *dk, *dv;         /* [bkv, D], [bkv, Dv] accumulators */
+    float *kbuf, *vbuf;     /* K/V block when rows are not BLAS-addressable */
+} fbwd_ws;
+
+static size_t align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+static size_t fbwd_layout(const fbwd_ctx *c, char *base, fbwd_ws *w)
+{
+    const mattn__problem *p = c->p;
+    size_t off = 0, prow = (size_t)(c->panel_t * p->group), rows = (size_t)c->rows_max,
+           bkv = (size_t)c->bkv, D = (size_t)p->D, Dv = (size_t)p->Dv;
+#define CARVE(field, type, count)                              \
+    do {                                                       \
+        if (w)                                                 \
+            w->field = (type *)(base + off);                   \
+        off += align64(sizeof(type) * (size_t)(count));        \
+    } while (0)
+    CARVE(q, float, prow * D);
+    CARVE(dout, float, prow * Dv);
+    CARVE(dq, float, c->nsplit > 1 ? 0 : prow * D);
+    CARVE(lse, float, prow);
+    CARVE(delta, float, prow);
+    CARVE(row, mattn__row, prow);
+    CARVE(qb_lo, int64_t, c->nqb_panel);
+    CARVE(qb_hi, int64_t, c->nqb_panel);
+    CARVE(active, unsigned char, rows);
+    CARVE(s, float, rows * bkv);
+    CARVE(dp, float, rows * bkv);
+    CARVE(w, float, p->dropout_p > 0.0f ? rows * bkv : 0);
+    CARVE(capf, float, p->softcap > 0.0f ? rows * bkv : 0);
+    CARVE(dk, float, bkv * D);
+    CARVE(dv, float, bkv * Dv);
+    CARVE(kbuf, float, p->k_ss < p->D || p->k_ss > INT32_MAX ? bkv * D : 0);
+    CARVE(vbuf, float, p->v_ss < p->Dv || p->v_ss > INT32_MAX ? bkv * Dv : 0);
+#undef CARVE
+    return off;
+}
+
+/* K (or V) rows j0.. of one head as a row-major matrix with leading dim *ld:
+ * directly when the sequence stride allows it, else copied into buf. */
+static const float *block_rows(const float *base, int64_t stride, int64_t dim, int64_t n,
+                               float *buf, int64_t *ld)
+{
+    if (stride >= dim && stride <= INT32_MAX) {
+        *ld = stride;
+        return base;
+    }
+    for (int64_t j = 0; j < n; j++)
+        memcpy(buf + j * dim, base + j * stride, sizeof(float) * (size_t)dim);
+    *ld = dim;
+    return buf;
+}
+
+/* Gathers the panel's rows (positions t0..t0+tn of batch b, the q heads of
+ * kv head hk) and the union key range of each q block. */
+static void gather_panel(const fbwd_ctx *c, fbwd_ws *w, int64_t b, int64_t hk, int64_t t0,
+                         int64_t tn)
+{
+    const mattn__problem *p = c->p;
+    const mattn__grad *g = c->g;
+    const mattn__bwd_prep *prep = c->prep;
+    const int64_t G = p->group, D = p->D, Dv = p->Dv;
+    for (int64_t tt = 0; tt < tn; tt++) {
+        for (int64_t gi = 0; gi < G; gi++) {
+            int64_t r = tt * G + gi, h = hk * G + gi, t = t0 + tt;
+            const float *src = p->q + b * p->q_sb + t * p->q_st + h * p->q_sh;
+            float *dst = w->q + r * D;
+            for (int64_t d = 0; d < D; d++)
+                dst[d] = src[d] * p->scale;
+            memcpy(w->dout + r * Dv, g->dout + b * g->do_sb + t * g->do_st + h * g->do_sh,
+                   sizeof(float) * (size_t)Dv);
+            w->lse[r] = p->lse[b * p->lse_sb + h * p->lse_sh + t];
+            w->delta[r] = prep->delta[b * prep->delta_sb + h * prep->delta_sh + t];
+            mattn__row_init(p, b, h, t, &w->row[r]);
+            /* lse = -inf: the row had no key and no sink; its gradients are
+             * zero, and exp(s - lse) must never be formed. */
+            if (w->lse[r] == -INFINITY)
+                w->row[r].hi = w->row[r].lo;
+        }
+    }
+    for (int64_t i = 0; i * c->bq < tn; i++) {
+        int64_t lo = p->S, hi = 0;
+        int64_t r1 = (i + 1) * c->bq < tn ? (i + 1) * c->bq * G : tn * G;
+        for (int64_t r = i * c->bq * G; r < r1; r++) {
+            const mattn__row *row = &w->row[r];
+            if (row->lo < row->hi) {
+                lo = row->lo < lo ? row->lo : lo;
+                hi = row->hi > hi ? row->hi : hi;
+            }
+        }
+        w->qb_lo[i] = lo;
+        w->qb_hi[i] = hi;
+    }
+}
+
+/* The five GEMMs and the row work of one (q block, kv block) pair. */
+static void block_pair(const fbwd_ctx *c, fbwd_ws *w, const mattn__dbias_view *dbias,
+                       int64_t b, int64_t hk, int64_t t0, int64_t r0, int64_t rn, int64_t j0,
+                       int64_t jn, const float *kb, int64_t ldk, const float *vb, int64_t ldv,
+                       float *dq)
+{
+    const mattn__problem *p = c->p;
+    const int64_t G = p->group, D = p->D, Dv = p->Dv, bkv = c->bkv;
+    const int dropout = p->dropout_p > 0.0f, cap = p->softcap > 0.0f;
+    const float *q = w->q + r0 * D, *dout = w->dout + r0 * Dv;
+
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)D, 1.0f, q,
+                (int)D, kb, (int)ldk, 0.0f, w->s, (int)bkv);
+    for (int64_t r = 0; r < rn; r++) {
+        float *s = w->s + r * bkv;
+        if (!w->active[r]) {
+            memset(s, 0, sizeof(float) * (size_t)jn);
+            if (dropout)
+                memset(w->w + r * bkv, 0, sizeof(float) * (size_t)jn);
+            continue;
+        }
+        mattn__bwd_row_probs(p, c->vm, &w->row[r0 + r], w->lse[r0 + r], s,
+                             cap ? w->capf + r * bkv : NULL, dropout ? w->w + r * bkv : NULL,
+                             j0, jn);
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)Dv, (int)rn, 1.0f,
+                dropout ? w->w : w->s, (int)bkv, dout, (int)Dv, 1.0f, w->dv, (int)Dv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)Dv, 1.0f, dout,
+                (int)Dv, vb, (int)ldv, 0.0f, w->dp, (int)bkv);
+    for (int64_t r = 0; r < rn; r++) {
+        float *dp = w->dp + r * bkv;
+        if (!w->active[r]) {
+            memset(dp, 0, sizeof(float) * (size_t)jn);
+            continue;
+        }
+        float *db = NULL;
+        if (dbias->data) {
+            int64_t row = r0 + r, t = t0 + row / G, h = hk * G + row % G;
+            db = dbias->data + b * dbias->sb + h * dbias->sh + t * dbias->st + j0;
+        }
+        mattn__bwd_row_dscore(w->s + r * bkv, dropout ? w->w + r * bkv : NULL,
+                              cap ? w->capf + r * bkv : NULL, w->delta[r0 + r], dp, db, jn);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rn, (int)D, (int)jn, 1.0f,
+                w->dp, (int)bkv, kb, (int)ldk, 1.0f, dq + r0 * D, (int)D);
+    /* dK = scale dx^T Q = dx^T (scale Q): the panel holds scaled rows. */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)D, (int)rn, 1.0f, w->dp,
+                (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
+}
+
+static void fbwd_task(void *vctx, int64_t task, int worker)
+{
+    const fbwd_ctx *c = vctx;
+    const mattn__problem *p = c->p;
+    const mattn__grad *g = c->g;
+    const int64_t G = p->group, D = p->D, Dv = p->Dv, bkv = c->bkv;
+
+    /* Split-major order: with causal masks the first kv ranges are seen by
+     * the most rows, so the heaviest tasks go first. */
+    int64_t split = task / (p->B * p->Hkv), bh = task % (p->B * p->Hkv);
+    int64_t b = bh / p->Hkv, hk = bh % p->Hkv;
+    int64_t jb = split * c->nkb / c->nsplit * bkv;
+    int64_t je = (split + 1) * c->nkb / c->nsplit * bkv;
+    je = je < p->S ? je : p->S;
+
+    fbwd_ws w;
+    fbwd_layout(c, c->ws[worker], &w);
+    const mattn__dbias_view *dbias = mattn__bwd_dbias_view(c->prep, worker);
+    float *dk_out = g->dk + b * g->dk_sb + hk * g->dk_sh;
+    float *dv_out = g->dv + b * g->dv_sb + hk * g->dv_sh;
+    if (!g->accumulate) /* this task owns keys [jb, je) of (b, hk) */
+        for (int64_t j = jb; j < je; j++) {
+            memset(dk_out + j * g->dk_ss, 0, sizeof(float) * (size_t)D);
+            memset(dv_out + j * g->dv_ss, 0, sizeof(float) * (size_t)Dv);
+        }
+
+    for (int64_t t0 = 0; t0 < p->T; t0 += c->panel_t) {
+        int64_t tn = c->panel_t < p->T - t0 ? c->panel_t : p->T - t0, prow = tn * G;
+        gather_panel(c, &w, b, hk, t0, tn);
+        float *dq = c->nsplit > 1
+                        ? c->dq_part + ((split * p->B + b) * p->Hkv + hk) * p->T * G * D +
+                              t0 * G * D
+                        : w.dq;
+        memset(dq, 0, sizeof(float) * (size_t)(prow * D));
+
+        for (int64_t j0 = jb; j0 < je; j0 += bkv) {
+            int64_t jn = bkv < je - j0 ? bkv : je - j0;
+            const float *kb = NULL, *vb = NULL;
+            int64_t ldk = 0, ldv = 0;
+            for (int64_t i = 0; i * c->bq < tn; i++) {
+                if (w.qb_hi[i] <= j0 || w.qb_lo[i] >= j0 + jn)
+                    continue; /* no row of this q block sees this kv block */
+                int64_t r0 = i * c->bq * G, r1 = (i + 1) * c->bq < tn ? r0 + c->bq * G : prow;
+                int any = 0;
+                for (int64_t r = r0; r < r1; r++) {
+                    w.active[r - r0] = !mattn__row_misses(&w.row[r], j0, jn);
+                    any |= w.active[r - r0];
+                }
+                if (!any)
+                    continue;
+                if (kb == NULL) { /* first visit of this kv block in the panel */
+                    kb = block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh, p->k_ss,
+                                    D, jn, w.kbuf, &ldk);
+                    vb = block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh, p->v_ss,
+                                    Dv, jn, w.vbuf, &ldv);
+                    memset(w.dk, 0, sizeof(float) * (size_t)(jn * D));
+                    memset(w.dv, 0, sizeof(float) * (size_t)(jn * Dv));
+                }
+                block_pair(c, &w, dbias, b, hk, t0, r0, r1 - r0, j0, jn, kb, ldk, vb, ldv, dq);
+            }
+            if (kb) {
+                mattn__bwd_store_rows(dk_out + j0 * g->dk_ss, g->dk_ss, w.dk, D, jn, D, 1.0f, 1);
+                mattn__bwd_store_rows(dv_out + j0 * g->dv_ss, g->dv_ss, w.dv, Dv, jn, Dv, 1.0f,
+                                      1);
+            }
+        }
+        if (c->nsplit == 1)
+            for (int64_t gi = 0; gi < G; gi++) {
+                int64_t h = hk * G + gi;
+                mattn__bwd_store_rows(g->dq + b * g->dq_sb + t0 * g->dq_st + h * g->dq_sh,
+                                      g->dq_st, dq + gi * D, G * D, tn, D, p->scale,
+                                      g->accumulate);
+            }
+    }
+}
+
+/* dq = scale * (sum of the kv-range partials), for one (b, hk, position
+ * chunk); only when the kv ranges were split. */
+#define FBWD_REDUCE_CHUNK 256
+
+static void reduce_task(void *vctx, int64_t task, int worker)
+{
+    (void)worker;
+    const fbwd_ctx *c = vctx;
+    const mattn__problem *p = c->p;
+    const mattn__grad *g = c->g;
+    const int64_t G = p->group, D = p->D;
+    int64_t nchunk = (p->T + FBWD_REDUCE_CHUNK - 1) / FBWD_REDUCE_CHUNK;
+    int64_t bh = task / nchunk, t0 = task % nchunk * FBWD_REDUCE_CHUNK;
+    int64_t t1 = t0 + FBWD_REDUCE_CHUNK < p->T ? t0 + FBWD_REDUCE_CHUNK : p->T;
+    int64_t b = bh / p->Hkv, hk = bh % p->Hkv;
+    size_t part = (size_t)(p->B * p->Hkv * p->T * G * D);
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t gi = 0; gi < G; gi++) {
+            const float *src = c->dq_part + (bh * p->T + t) * G * D + gi * D;
+            float *dst = g->dq + b * g->dq_sb + t * g->dq_st + (hk * G + gi) * g->dq_sh;
+            for (int64_t d = 0; d < D; d++) {
+                float sum = src[d];
+                for (int64_t s = 1; s < c->nsplit; s++)
+                    sum += src[(size_t)s * part + (size_t)d];
+                dst[d] = g->accumulate ? dst[d] + p->scale * sum : p->scale * sum;
+            }
+        }
+}
+
+int mattn__flash_backward_kernel(const mattn__problem *p, const mattn__grad *g)
+{
+    fbwd_ctx c = {.p = p, .g = g, .vm = mattn__vecmath_get()};
+    const int64_t G = p->group;
+    c.bq = p->block_q > 0 ? p->block_q : (FBWD_ROWS_TARGET + G - 1) / G;
+    if (c.bq > p->T)
+        c.bq = p->T > 0 ? p->T : 1;
+    c.bkv = p->block_kv > 0 ? p->block_kv : FBWD_BLOCK_KV;
+    if (c.bkv > p->S)
+        c.bkv = p->S > 0 ? p->S : 1;
+    c.rows_max = c.bq * G;
+    int64_t per_row = G * (2 * p->D + p->Dv + 4);
+    c.panel_t = FBWD_PANEL_FLOATS / per_row / c.bq * c.bq;
+    /* Tests shrink the panel (positions) to reach the multi-panel path. */
+    const char *panel_env = getenv("MATTN_FLASH_BWD_PANEL");
+    if (panel_env && atoll(panel_env) > 0 && atoll(panel_env) < c.panel_t)
+        c.panel_t = atoll(panel_env) / c.bq * c.bq;
+    if (c.panel_t < c.bq)
+        c.panel_t = c.bq;
+    if (c.panel_t > p->T)
+        c.panel_t = p->T > 0 ? p->T : 1;
+    c.nqb_panel = (c.panel_t + c.bq - 1) / c.bq;
+    c.nkb = (p->S + c.bkv - 1) / c.bkv;
+
+    /* Few (b, hk) pairs for the threads: split each one's kv blocks. */
+    int64_t nbh = p->B * p->Hkv;
+    c.nsplit = 1;
+    if (p->threads > 1 && nbh > 0 && nbh < (int64_t)FBWD_TASKS_PER_THREAD * p->threads) {
+        c.nsplit = ((int64_t)FBWD_TASKS_PER_THREAD * p->threads + nbh - 1) / nbh;
+        if (c.nsplit > c.nkb)
+            c.nsplit = c.nkb > 0 ? c.nkb : 1;
+        int64_t per_split = nbh * p->T * G * p->D;
+        if (per_split > 0 && c.nsplit * per_split > FBWD_PARTIAL_FLOATS)
+            c.nsplit = FBWD_PARTIAL_FLOATS / per_split;
+        if (c.nsplit < 1)
+            c.nsplit = 1;
+    }
+    int64_t ntasks = nbh * c.nsplit;
+    int threads = p->threads < ntasks ? p->threads : (int)(ntasks > 0 ? ntasks : 1);
+    size_t ws_bytes = fbwd_layout(&c, NULL, NULL);
+
+    mattn__bwd_prep prep;
+    char *ws[threads];
+    int got = 0;
+    int rc = mattn__bwd_prepare(p, g, threads, &prep);
+    if (rc)
+        goto done;
+    if (c.nsplit > 1) {
+        size_t n = (size_t)(c.nsplit * nbh * p->T * G * p->D);
+        c.dq_part = mattn__scratch_get(sizeof(float) * (n ? n : 1));
+        if (c.dq_part == NULL) {
+            rc = mattn__fail(MATTN_ERR_NOMEM, "flash backward: cannot allocate %zu floats "
+                             "of dq partials", n);
+            goto done;
+        }
+    }
+    for (; got < threads; got++) {
+        ws[got] = mattn__scratch_get(ws_bytes);
+        if (ws[got] == NULL) {
+            rc = mattn__fail(MATTN_ERR_NOMEM,
+                             "flash backward: cannot allocate %zu bytes of workspace", ws_bytes);
+            goto done;
+        }
+    }
+    c.prep = &prep;
+    c.ws = ws;
+    mattn__blas_hold();
+    mattn__parallel_for(threads, ntasks, fbwd_task, &c);
+    mattn__blas_release();
+    if (c.nsplit > 1)
+        mattn__parallel_for(threads, nbh * ((p->T + FBWD_REDUCE_CHUNK - 1) / FBWD_REDUCE_CHUNK),
+                            reduce_task, &c);
+done:
+    for (int i = 0; i < got; i++)
+        mattn__scratch_put(ws[i]);
+    mattn__scratch_put(c.dq_part);
+    mattn__bwd_finish(p, g, &prep);
+    return rc;
+}
