@@ -121,9 +121,11 @@ static int check_options(const mattn_options *o, int64_t D)
     if ((o->q_segment_ids == NULL) != (o->kv_segment_ids == NULL))
         return mattn__fail(MATTN_ERR_ARG,
                            "q_segment_ids and kv_segment_ids must be given together");
-    if (o->threads < 0 || o->threads > MATTN__THREADS_MAX)
-        return mattn__fail(MATTN_ERR_ARG, "threads=%d is outside [0, %d] (0 = all CPUs)",
-                           o->threads, MATTN__THREADS_MAX);
+    if (o->threads < 0)
+        return mattn__fail(MATTN_ERR_ARG, "threads=%d is negative", o->threads);
+    if (o->threads > MATTN__THREADS_MAX)
+        return mattn__fail(MATTN_ERR_ARG, "threads=%d is above the limit %d", o->threads,
+                           MATTN__THREADS_MAX);
     if (o->block_q < 0 || o->block_kv < 0 || o->block_q > 65536 ||
         o->block_kv > 65536)
         return mattn__fail(MATTN_ERR_ARG,

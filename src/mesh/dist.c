@@ -54,7 +54,8 @@ int mattn__dist_prepare(const mattn_mesh *m, const mattn_dist_shape *shape,
     }
 
     /* The options against the GLOBAL shape: problem_init on placeholder
-     * tensors of the global sizes (strides 0, never read) checks mask and
+     * tensors of the global sizes (never read; o gets dense strides because
+     * outputs must not overlap) checks mask and
      * bias shapes, sinks and every option with the same code and messages
      * as a single-rank call. */
     static const float placeholder;
@@ -62,7 +63,7 @@ int mattn__dist_prepare(const mattn_mesh *m, const mattn_dist_shape *shape,
     mattn_tensor gq = {ph, shape->batch, shape->q_len, shape->q_heads, q->dim, 0, 0, 0};
     mattn_tensor gk = {ph, shape->batch, shape->kv_len, shape->kv_heads, q->dim, 0, 0, 0};
     mattn_tensor gv = {ph, shape->batch, shape->kv_len, shape->kv_heads, v->dim, 0, 0, 0};
-    mattn_tensor go = {ph, shape->batch, shape->q_len, shape->q_heads, v->dim, 0, 0, 0};
+    mattn_tensor go = mattn_tensor_bthd(ph, shape->batch, shape->q_len, shape->q_heads, v->dim);
     if ((rc = mattn__problem_init(&d->global, &gq, &gk, &gv, &go, NULL, opts)))
         return rc;
 
