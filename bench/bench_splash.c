@@ -6,10 +6,14 @@
  *  - splash time / ideal (target <= 1.2) for causal and a local window;
  *  - causal splash speed-up over non-causal (full-mask) splash (target >= 1.8).
  * Also flash with opts.causal (structural block skipping) for comparison.
+ * Then the same for the backward (unless --no-backward): flash backward
+ * with the dense causal / local mask against splash backward, ideal = dense
+ * backward time x the fraction of non-empty blocks (the same target).
  *
  * usage: bench_splash [--seq T] [--heads H] [--kv-heads H] [--dim D]
  *                     [--window L,R] [--threads N] [--reps N]
  *                     [--block-q N] [--block-kv N] [--quick] [--cpu-time]
+ *                     [--no-backward]
  * --cpu-time times with the process CPU clock instead of the wall clock: on a
  * machine shared with other jobs it is far less noisy (1 thread only). */
 #include <math.h>
@@ -79,6 +83,47 @@ static double time_splash(const bench *b, const mattn_splash_info *info)
     return best;
 }
 
+/* Backward buffers: dO and the gradients (shaped like o, q, k, v). */
+typedef struct bwd_bufs {
+    mattn_tensor dout, dq, dk, dv;
+} bwd_bufs;
+
+/* Best of reps runs of flash backward with the given options; o and lse
+ * must hold that forward's outputs. */
+static double time_flash_bwd(const bench *b, const bwd_bufs *g, const mattn_options *opts)
+{
+    double best = INFINITY;
+    for (int r = 0; r < b->reps; r++) {
+        double t0 = clock_now();
+        if (mattn_flash_backward(&b->q, &b->k, &b->v, &b->o, b->lse, &g->dout, &g->dq, &g->dk,
+                                 &g->dv, NULL, NULL, opts) != MATTN_OK)
+            die("flash backward");
+        double t = clock_now() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
+/* The same for splash backward over a prebuilt info (the forward runs
+ * first, untimed, for o and lse). */
+static double time_splash_bwd(const bench *b, const bwd_bufs *g, const mattn_splash_info *info)
+{
+    mattn_options opts = mattn_options_default();
+    opts.threads = b->threads;
+    if (mattn_splash_forward_info(&b->q, &b->k, &b->v, &b->o, b->lse, info, &opts) != MATTN_OK)
+        die("splash");
+    double best = INFINITY;
+    for (int r = 0; r < b->reps; r++) {
+        double t0 = clock_now();
+        if (mattn_splash_backward_info(&b->q, &b->k, &b->v, &b->o, b->lse, &g->dout, &g->dq,
+                                       &g->dk, &g->dv, NULL, NULL, info, &opts) != MATTN_OK)
+            die("splash backward");
+        double t = clock_now() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
 /* Builds the info of `mask` and reports the share of non-empty blocks and
  * the build time. */
 static mattn_splash_info *build_info(const bench *b, const mattn_splash_mask *mask,
@@ -102,6 +147,7 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     bench b = {.T = 16384, .Hq = 4, .Hkv = 4, .D = 128, .threads = 1, .reps = 2};
     int64_t wl = 512, wr = 0;
+    int backward = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(a, "--seq")) b.T = atoll(v), i++;
@@ -119,6 +165,7 @@ int main(int argc, char **argv)
             }
             i++;
         } else if (!strcmp(a, "--cpu-time")) use_cpu_time = 1;
+        else if (!strcmp(a, "--no-backward")) backward = 0;
         else if (!strcmp(a, "--quick")) b.T = 4096, b.Hq = b.Hkv = 2, b.reps = 1;
         else {
             fprintf(stderr, "unknown option %s\n", a);
@@ -228,6 +275,44 @@ int main(int argc, char **argv)
            t_full / t_causal);
     printf("splash / ideal: causal %.2f, local %.2f (target <= 1.2)\n",
            t_causal / (t_dense_causal * f_causal), t_local / (t_dense_local * f_local));
+
+    if (backward) {
+        float *dout = bench_alloc_random((size_t)(T * b.Hq * b.D), 6);
+        float *dq = bench_alloc_random((size_t)(T * b.Hq * b.D), 7);
+        float *dk = bench_alloc_random((size_t)(T * b.Hkv * b.D), 8);
+        float *dv = bench_alloc_random((size_t)(T * b.Hkv * b.D), 9);
+        bwd_bufs g = {mattn_tensor_bthd(dout, 1, T, b.Hq, b.D), mattn_tensor_bthd(dq, 1, T, b.Hq, b.D),
+                      mattn_tensor_bthd(dk, 1, T, b.Hkv, b.D), mattn_tensor_bthd(dv, 1, T, b.Hkv, b.D)};
+        mattn_options bo = mattn_options_default();
+        bo.threads = b.threads;
+        bo.mask = mattn_mask_dense(dense, 1, 1, T, T);
+        double tb_dense[2], tb_splash[2], fr[2] = {f_causal, f_local};
+        const mattn_splash_info *infos[2] = {i_causal, i_local};
+        for (int c = 0; c < 2; c++) {
+            for (int64_t i = 0; i < T; i++)
+                for (int64_t j = 0; j < T; j++)
+                    dense[i * T + j] = (uint8_t)(c == 0 ? j <= i
+                                                        : (wl < 0 || j >= i - wl) &&
+                                                              (wr < 0 || j <= i + wr));
+            if (mattn_flash_forward(&b.q, &b.k, &b.v, &b.o, b.lse, &bo) != MATTN_OK)
+                die("flash");
+            tb_dense[c] = time_flash_bwd(&b, &g, &bo);
+            tb_splash[c] = time_splash_bwd(&b, &g, infos[c]);
+        }
+        printf("%-28s %10s %10s %10s %10s\n", "backward kernel", "time (s)", "blocks",
+               "ideal (s)", "vs ideal");
+        printf("%-28s %10.4f %10s\n", "flash bwd, dense causal", tb_dense[0], "1.000");
+        printf("%-28s %10.4f %10s\n", "flash bwd, dense local", tb_dense[1], "1.000");
+        printf("%-28s %10.4f %10.3f %10.4f %10.2f\n", "splash bwd, causal", tb_splash[0], fr[0],
+               tb_dense[0] * fr[0], tb_splash[0] / (tb_dense[0] * fr[0]));
+        printf("%-28s %10.4f %10.3f %10.4f %10.2f\n", "splash bwd, local", tb_splash[1], fr[1],
+               tb_dense[1] * fr[1], tb_splash[1] / (tb_dense[1] * fr[1]));
+        printf("splash backward / ideal: causal %.2f, local %.2f (target <= 1.2); "
+               "backward / forward time: causal %.2f, local %.2f\n",
+               tb_splash[0] / (tb_dense[0] * fr[0]), tb_splash[1] / (tb_dense[1] * fr[1]),
+               tb_splash[0] / t_causal, tb_splash[1] / t_local);
+        free(dout), free(dq), free(dk), free(dv);
+    }
 
     mattn_splash_info_free(i_full);
     mattn_splash_info_free(i_causal);

@@ -20,6 +20,7 @@ typedef struct run_cfg {
     char layout;  /* 't' BTHD, 'h' BHTD */
     int threads;
     int use_info; /* 1: build the info here and call mattn_splash_forward_info */
+    int null_mask; /* 1: mattn_splash_forward with mask NULL (from the options) */
 } run_cfg;
 
 static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t D)
@@ -45,30 +46,6 @@ static void copy_out(float *bthd, const mattn_tensor *t)
                 memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
                        t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
                        sizeof(float) * (size_t)t->dim);
-}
-
-/* The reference problem: `call` with the mask object folded into its
- * boolean mask (AND), per head when either is per head. */
-static tc_problem reference_of(const tc_problem *call, const tm *t)
-{
-    tc_problem ref = *call;
-    int64_t mb = call->mask ? call->mask_b : 1;
-    int64_t mh = (tm_heads(t) > 1 || (call->mask && call->mask_h > 1)) ? call->Hq : 1;
-    ref.mask_b = mb, ref.mask_h = mh;
-    ref.mask = tl_alloc((size_t)(mb * mh * call->T * call->S + 1));
-    for (int64_t b = 0; b < mb; b++)
-        for (int64_t h = 0; h < mh; h++)
-            for (int64_t i = 0; i < call->T; i++)
-                for (int64_t j = 0; j < call->S; j++) {
-                    int ok = tm_allowed(t, tm_heads(t) > 1 ? h : 0, call->q_offset + i,
-                                        call->kv_offset + j);
-                    if (call->mask) {
-                        int64_t cb = call->mask_b == 1 ? 0 : b, ch = call->mask_h == 1 ? 0 : h;
-                        ok = ok && call->mask[((cb * call->mask_h + ch) * call->T + i) * call->S + j];
-                    }
-                    ref.mask[((b * mh + h) * call->T + i) * call->S + j] = (uint8_t)ok;
-                }
-    return ref;
 }
 
 /* Runs splash; o (BTHD) and lse must hold the outputs. Returns the status. */
@@ -104,7 +81,7 @@ static int run_splash(const tc_problem *p, const mattn_splash_mask *m, const run
         mattn_splash_info_free(info);
     } else {
         opts.block_q = cfg->bq, opts.block_kv = cfg->bkv;
-        rc = mattn_splash_forward(&q, &k, &v, &o, lse, m, &opts);
+        rc = mattn_splash_forward(&q, &k, &v, &o, lse, cfg->null_mask ? NULL : m, &opts);
     }
     if (rc == MATTN_OK)
         copy_out(o_bthd, &o);
@@ -115,7 +92,7 @@ static int run_splash(const tc_problem *p, const mattn_splash_mask *m, const run
 /* Splash over `call` with mask object t must match the float64 reference. */
 static void check_splash(const tc_problem *call, const tm *t, const run_cfg *cfg, const char *what)
 {
-    tc_problem ref = reference_of(call, t);
+    tc_problem ref = tm_reference_of(call, t);
     size_t no = (size_t)(call->B * call->T * call->Hq * call->Dv) + 1;
     size_t nl = (size_t)(call->B * call->Hq * call->T) + 1;
     float *o = tl_alloc(sizeof(float) * no), *lse = tl_alloc(sizeof(float) * nl);
@@ -140,7 +117,7 @@ static void check_splash(const tc_problem *call, const tm *t, const run_cfg *cfg
 static void check_configs(const tc_problem *call, const tm *t, const char *what)
 {
     static const run_cfg cfgs[] = {
-        {0, 0, 't', 1, 0}, {16, 16, 'h', 1, 1}, {13, 29, 't', 2, 1}, {8, 64, 't', 1, 0},
+        {0, 0, 't', 1, 0, 0}, {16, 16, 'h', 1, 1, 0}, {13, 29, 't', 2, 1, 0}, {8, 64, 't', 1, 0, 0},
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
         check_splash(call, t, &cfgs[i], what);
@@ -302,7 +279,7 @@ static void test_gqa_mqa(void **state)
     check_configs(&p, tm_causal(0), "GQA causal");
     tc_free(&p);
     p = base(8, 1, 150, 160, 8, 1, 8, 8);
-    run_cfg big = {128, 32, 't', 2, 1};
+    run_cfg big = {128, 32, 't', 2, 1, 0};
     check_splash(&p, tm_causal(0), &big, "MQA sliced group");
     check_configs(&p, tm_local(20, 5), "MQA local");
     tm *heads[8];
@@ -340,7 +317,7 @@ static void test_fully_masked_rows(void **state)
     mattn_splash_mask *m;
     assert_int_equal(mattn_splash_mask_causal(-6, &m), MATTN_OK); /* rows 0-5 see nothing */
     float o[20 * 2 * 8], lse[2 * 20];
-    run_cfg cfg = {4, 4, 't', 1, 1};
+    run_cfg cfg = {4, 4, 't', 1, 1, 0};
     assert_int_equal(run_splash(&p, m, &cfg, o, lse), MATTN_OK);
     for (int i = 0; i < 6; i++)
         for (int h = 0; h < 2; h++) {
@@ -419,6 +396,35 @@ static void test_equals_flash(void **state)
     tc_free(&p);
 }
 
+/* mask NULL: the mask comes from the options' structural predicates (and a
+ * boolean mask shared by the batch), which the reference applies as usual. */
+static void test_mask_from_options(void **state)
+{
+    (void)state;
+    tl_rng r = tl_rng_make(55);
+    tc_problem p = tc_make(&r, 2, 70, 83, 4, 2, 16, 16, 1.0);
+    run_cfg cfgs[] = {{0, 0, 't', 1, 0, 1}, {16, 32, 'h', 2, 0, 1}, {13, 7, 't', 1, 0, 1}};
+    tm *full = tm_full();
+    for (int c = 0; c < 7; c++) {
+        p.causal = c == 0 || c == 2 || c == 4 || c == 6;
+        p.window_left = c == 1 ? 9 : -1, p.window_right = c == 1 ? 4 : -1;
+        p.chunk = c == 2 ? 16 : 0;
+        p.q_offset = c == 4 ? 13 : 0;
+        if (c == 3 || c == 4 || c == 6) { /* shared by the batch; c = 6: per batch entry */
+            p.mask_b = c == 6 ? 2 : 1, p.mask_h = c == 3 ? 4 : 1;
+            p.mask = tm_random_bits(&r, p.mask_b * p.mask_h * 70 * 83, 0.5);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "mask from the options, case %d", c);
+        for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
+            check_splash(&p, full, &cfgs[i], what); /* case 5: nothing, all FULL */
+        free(p.mask);
+        p.mask = NULL;
+    }
+    tc_free(&p);
+    tm_free_all();
+}
+
 /* ------------------------------------------------------------------ skipping */
 
 /* EMPTY blocks are never read: K and V rows that only EMPTY blocks cover
@@ -434,7 +440,7 @@ static void test_empty_blocks_not_read(void **state)
         for (int j = 0; j < 96; j++)
             bits[i * 96 + j] = (uint8_t)(j < 32 || j >= 64);
     tm *t = tm_dense(bits, 64, 96, 0, 0);
-    tc_problem ref = reference_of(&p, t);
+    tc_problem ref = tm_reference_of(&p, t);
     double *ro = tl_alloc(sizeof(double) * 64 * 2 * 8), *rl = tl_alloc(sizeof(double) * 2 * 64);
     double *to = tl_alloc(sizeof(double) * 64 * 2 * 8), *tl = tl_alloc(sizeof(double) * 2 * 64);
     tc_reference(&ref, ro, rl, NULL, to, tl, NULL);
@@ -443,7 +449,7 @@ static void test_empty_blocks_not_read(void **state)
             p.k[j * 8 + d] = NAN, p.v[j * 8 + d] = NAN;
     float o[64 * 2 * 8], lse[2 * 64];
     mattn_splash_mask *m = tm_build(t);
-    run_cfg cfg = {16, 16, 't', 1, 1};
+    run_cfg cfg = {16, 16, 't', 1, 1, 0};
     assert_int_equal(run_splash(&p, m, &cfg, o, lse), MATTN_OK);
     tc_check_o("NaN keys in EMPTY blocks", &p, o, ro, to);
     tc_check_lse("NaN keys in EMPTY blocks", &p, lse, rl, tl);
@@ -453,7 +459,7 @@ static void test_empty_blocks_not_read(void **state)
     p = base(61, 1, 40, 80, 2, 2, 8, 8);
     t = tm_causal(0);
     free(ref.mask);
-    ref = reference_of(&p, t);
+    ref = tm_reference_of(&p, t);
     tc_reference(&ref, ro, rl, NULL, to, tl, NULL);
     for (int j = 48; j < 80; j++)
         for (int x = 0; x < 16; x++)
@@ -482,7 +488,7 @@ static void test_info_reuse(void **state)
     const size_t nq = 2 * 90 * 2 * 16, nl = 2 * 2 * 90;
     for (int it = 0; it < 3; it++) {
         tc_problem p = base(70 + it, 2, 90, 90, 2, 1, 16, 16);
-        tc_problem ref = reference_of(&p, t);
+        tc_problem ref = tm_reference_of(&p, t);
         float *qbuf = tl_alloc(sizeof(float) * nq), *o = tl_alloc(sizeof(float) * nq);
         float *lse = tl_alloc(sizeof(float) * nl);
         mattn_tensor q = mattn_tensor_bhtd(qbuf, 2, 90, 2, 16); /* q in BHTD, the rest BTHD */
@@ -590,7 +596,6 @@ static void test_front_door_errors(void **state)
     assert_int_equal(mattn_splash_mask_causal(0, &m), MATTN_OK);
     mattn_splash_mask *three[3] = {m, m, m};
     assert_int_equal(mattn_splash_mask_per_head(three, 3, &ph), MATTN_OK);
-    expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, NULL, &opts), MATTN_ERR_ARG, "NULL mask");
     expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, ph, &opts), MATTN_ERR_SHAPE,
                  "3-head mask, 4 q heads");
     expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, NULL, &opts), MATTN_ERR_ARG,
@@ -690,7 +695,7 @@ static void test_random(void **state)
         if (tl_int(&r, 3) == 0)
             p.dropout_p = (float)(0.7 * tl_uniform(&r)), p.seed = (uint64_t)iter;
         run_cfg cfg = {(int)tl_int(&r, 40), (int)tl_int(&r, 40), "th"[tl_int(&r, 2)],
-                       1 + (int)tl_int(&r, 2), (int)tl_int(&r, 2)};
+                       1 + (int)tl_int(&r, 2), (int)tl_int(&r, 2), 0};
         char what[64];
         snprintf(what, sizeof what, "random %d", iter);
         check_splash(&p, t, &cfg, what);
@@ -714,6 +719,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_lengths),
         cmocka_unit_test(test_fully_masked_rows),
         cmocka_unit_test(test_equals_flash),
+        cmocka_unit_test(test_mask_from_options),
         cmocka_unit_test(test_empty_blocks_not_read),
         cmocka_unit_test(test_info_reuse),
         cmocka_unit_test(test_sdpa_choice),

@@ -192,6 +192,30 @@ static mattn_splash_mask *tm_build(const tm *t)
     return m;
 }
 
+/* The reference problem: `call` with the mask object folded into its
+ * boolean mask (AND), per head when either is per head; free its mask. */
+static inline tc_problem tm_reference_of(const tc_problem *call, const tm *t)
+{
+    tc_problem ref = *call;
+    int64_t mb = call->mask ? call->mask_b : 1;
+    int64_t mh = (tm_heads(t) > 1 || (call->mask && call->mask_h > 1)) ? call->Hq : 1;
+    ref.mask_b = mb, ref.mask_h = mh;
+    ref.mask = tl_alloc((size_t)(mb * mh * call->T * call->S + 1));
+    for (int64_t b = 0; b < mb; b++)
+        for (int64_t h = 0; h < mh; h++)
+            for (int64_t i = 0; i < call->T; i++)
+                for (int64_t j = 0; j < call->S; j++) {
+                    int ok = tm_allowed(t, tm_heads(t) > 1 ? h : 0, call->q_offset + i,
+                                        call->kv_offset + j);
+                    if (call->mask) {
+                        int64_t cb = call->mask_b == 1 ? 0 : b, ch = call->mask_h == 1 ? 0 : h;
+                        ok = ok && call->mask[((cb * call->mask_h + ch) * call->T + i) * call->S + j];
+                    }
+                    ref.mask[((b * mh + h) * call->T + i) * call->S + j] = (uint8_t)ok;
+                }
+    return ref;
+}
+
 /* A random boolean array with about `density` ones. */
 static uint8_t *tm_random_bits(tl_rng *r, int64_t n, double density)
 {

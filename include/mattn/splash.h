@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "mattn.h"
+#include "mattn/mesh.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -169,10 +170,54 @@ MATTN_API int mattn_splash_forward_info(const mattn_tensor *q, const mattn_tenso
                                         const mattn_options *opts);
 /* The same, building the info from `mask` for this call (the options' offsets
  * and block sizes, heads [0, Hq)); build it once with mattn_splash_info_create
- * to reuse it. */
+ * to reuse it. mask NULL: the mask is derived from the options' structural
+ * predicates (causal, window, chunk, and a boolean mask shared by the batch,
+ * per head if it has heads), as sdpa's splash path does; with none of them
+ * every block is FULL. */
 MATTN_API int mattn_splash_forward(const mattn_tensor *q, const mattn_tensor *k,
                                    const mattn_tensor *v, const mattn_tensor *o, float *lse,
                                    const mattn_splash_mask *mask, const mattn_options *opts);
+
+/* ---------------------------------------------------------------- backward */
+
+/* Gradients of splash attention (arguments and semantics as
+ * mattn_flash_backward in mattn/backward.h: o and lse are the forward's,
+ * dsinks / dbias NULL or wanted). Probabilities are recomputed from lse per
+ * (q block, kv block) of the info: EMPTY blocks are skipped entirely, FULL
+ * blocks do no mask work. The info must describe the call as for
+ * mattn_splash_forward_info. */
+MATTN_API int mattn_splash_backward_info(const mattn_tensor *q, const mattn_tensor *k,
+                                         const mattn_tensor *v, const mattn_tensor *o,
+                                         const float *lse, const mattn_tensor *dout,
+                                         const mattn_tensor *dq, const mattn_tensor *dk,
+                                         const mattn_tensor *dv, float *dsinks, float *dbias,
+                                         const mattn_splash_info *info,
+                                         const mattn_options *opts);
+/* The same, building the info from `mask` (NULL: from the options) as
+ * mattn_splash_forward does. */
+MATTN_API int mattn_splash_backward(const mattn_tensor *q, const mattn_tensor *k,
+                                    const mattn_tensor *v, const mattn_tensor *o,
+                                    const float *lse, const mattn_tensor *dout,
+                                    const mattn_tensor *dq, const mattn_tensor *dk,
+                                    const mattn_tensor *dv, float *dsinks, float *dbias,
+                                    const mattn_splash_mask *mask, const mattn_options *opts);
+
+/* ---------------------------------------------------------------- mesh */
+
+/* Collective: splash under the mesh's batch/head partitioning (dp x tp;
+ * sp must be 1, else MATTN_ERR_UNSUPPORTED: the ring is the
+ * sequence-parallel path). Arguments follow mattn_mesh_forward's rule
+ * (q, k, v, o, lse are this rank's shards; sinks, mask and bias global;
+ * positions global). `mask` is the GLOBAL mask object, the same on every
+ * rank; a per-head mask has the global Hq heads and each rank uses those of
+ * its q heads. mask NULL: derived from the options, as
+ * mattn_mesh_forward(MATTN_OP_SPLASH) does. Every rank returns the same
+ * status. */
+MATTN_API int mattn_mesh_splash_forward(const mattn_mesh *mesh, const mattn_dist_shape *shape,
+                                        const mattn_tensor *q, const mattn_tensor *k,
+                                        const mattn_tensor *v, const mattn_tensor *o,
+                                        float *lse, const mattn_splash_mask *mask,
+                                        const mattn_options *opts);
 
 #ifdef __cplusplus
 }

@@ -1,10 +1,18 @@
 #include "kernels/rows_bwd.h"
 
+#include <math.h>
 #include <string.h>
 
 void mattn__bwd_row_probs(const mattn__problem *p, const mattn__vecmath *vm,
                           const mattn__row *r, float lse, float *s, float *capf, float *w,
                           int64_t j0, int64_t n)
+{
+    mattn__bwd_row_probs_tile(p, vm, r, lse, s, capf, w, j0, n, NULL);
+}
+
+void mattn__bwd_row_probs_tile(const mattn__problem *p, const mattn__vecmath *vm,
+                               const mattn__row *r, float lse, float *s, float *capf, float *w,
+                               int64_t j0, int64_t n, const uint8_t *tile)
 {
     if (p->softcap > 0.0f) {
         /* d(cap tanh(x/cap))/dx = 1 - tanh^2(x/cap). The cap itself is applied
@@ -19,6 +27,9 @@ void mattn__bwd_row_probs(const mattn__problem *p, const mattn__vecmath *vm,
         }
     }
     mattn__row_logits(p, vm, r, s, j0, n);
+    if (tile)
+        for (int64_t j = 0; j < n; j++)
+            s[j] = tile[j] ? s[j] : -INFINITY;
     /* lse >= every logit of the row, so P <= 1; but the fp32 logits
      * recomputed here may exceed the forward's lse by rounding. Shifting by
      * the larger of the two keeps exp's argument <= 0 (its precondition),

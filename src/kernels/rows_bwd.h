@@ -18,6 +18,12 @@
 void mattn__bwd_row_probs(const mattn__problem *p, const mattn__vecmath *vm,
                           const mattn__row *r, float lse, float *s, float *capf, float *w,
                           int64_t j0, int64_t n);
+/* The same, with a block-sparse mask tile row (splash): keys whose tile[j]
+ * is 0 are excluded after the logit finishing, as in the forward. tile may
+ * be NULL (then this is mattn__bwd_row_probs). */
+void mattn__bwd_row_probs_tile(const mattn__problem *p, const mattn__vecmath *vm,
+                               const mattn__row *r, float lse, float *s, float *capf, float *w,
+                               int64_t j0, int64_t n, const uint8_t *tile);
 
 /* dp[0..n) holds dW = dO_i.v_j. On return it holds dx = f*dS with
  *   dS = P*(Z*dW - D) = W*dW - P D   (W = P without dropout),

@@ -86,6 +86,15 @@ static int backward_init(mattn__problem *p, mattn__grad *g, const mattn_tensor *
     return MATTN_OK;
 }
 
+int mattn__backward_init(mattn__problem *p, struct mattn__grad *g, const mattn_tensor *q,
+                         const mattn_tensor *k, const mattn_tensor *v, const mattn_tensor *o,
+                         const float *lse, const mattn_tensor *dout, const mattn_tensor *dq,
+                         const mattn_tensor *dk, const mattn_tensor *dv, float *dsinks,
+                         float *dbias, const mattn_options *opts)
+{
+    return backward_init(p, g, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias, opts);
+}
+
 int mattn_vanilla_backward(const mattn_tensor *q, const mattn_tensor *k, const mattn_tensor *v,
                            const mattn_tensor *o, const float *lse, const mattn_tensor *dout,
                            const mattn_tensor *dq, const mattn_tensor *dk,
@@ -125,11 +134,10 @@ int mattn_sdpa_backward(const mattn_tensor *q, const mattn_tensor *k, const matt
     int rc = backward_init(&p, &g, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias, opts);
     if (rc)
         return rc;
-    /* Until splash has its own backward, flash computes the same gradients
-     * for whatever sdpa would run forward beyond vanilla. */
+    /* The same choice as the forward, splash's fallback to flash included. */
     mattn_kernel kernel = mattn__sdpa_choose(&p);
-    if (kernel != MATTN_KERNEL_VANILLA)
-        kernel = MATTN_KERNEL_FLASH;
+    if (kernel == MATTN_KERNEL_SPLASH)
+        return mattn__sdpa_splash_backward(&p, &g, chosen);
     if (chosen)
         *chosen = kernel;
     if (kernel == MATTN_KERNEL_VANILLA)

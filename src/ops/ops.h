@@ -16,4 +16,19 @@ mattn_kernel mattn__sdpa_choose(const mattn__problem *p);
 int mattn__splash_suits(const mattn__problem *p);
 int mattn__sdpa_splash(const mattn__problem *p, mattn_kernel *chosen);
 
+struct mattn__grad; /* kernels/kernels_bwd.h */
+
+/* The backward of what mattn__sdpa_splash runs (the same choice). */
+int mattn__sdpa_splash_backward(const mattn__problem *p, const struct mattn__grad *g,
+                                mattn_kernel *chosen);
+
+/* The backward front doors' validation (src/ops/backward.c): the forward's
+ * arguments and the gradient arguments, into a problem and a gradient
+ * description. */
+int mattn__backward_init(mattn__problem *p, struct mattn__grad *g, const mattn_tensor *q,
+                         const mattn_tensor *k, const mattn_tensor *v, const mattn_tensor *o,
+                         const float *lse, const mattn_tensor *dout, const mattn_tensor *dq,
+                         const mattn_tensor *dk, const mattn_tensor *dv, float *dsinks,
+                         float *dbias, const mattn_options *opts);
+
 #endif
