@@ -8,6 +8,10 @@
  * (time / time without communication - 1). Targets: >= 1.85x at 2 ranks for
  * zigzag causal, overhead <= 5%. Times are the slowest rank's, best of
  * --reps interleaved repetitions.
+ *   3. ring BACKWARD (issue #5) on 1 rank vs all ranks, zigzag, at
+ *      --bwd-seq T (default 8192: at 16384 the 1-rank baseline alone takes
+ *      about 40 s here), with the speed-up (target >= 1.8x at 2 ranks) and
+ *      the time blocked in the exchange. flops = 2.5 x the forward's.
  *
  * --demo: the job launch/mattn-job runs: rank 0 builds a global problem,
  * scatters it over a 1 x 1 x P mesh, runs the ring, gathers o and lse, and
@@ -16,6 +20,7 @@
  * usage: bench_ring [--seq T] [--heads Hq] [--kv-heads Hkv] [--dim D]
  *                   [--batch B] [--reps N] [--threads N] [--no-causal] [--quick]
  *                   [--layout zigzag|contiguous (only that one)] [--no-single]
+ *                   [--bwd-seq T] [--no-backward]
  *        bench_ring --demo [same sizes] [--layout zigzag|contiguous]
  *                   [--comm overlap|sendrecv] */
 #include <math.h>
@@ -34,6 +39,7 @@ typedef struct cfg {
     int causal, reps, threads;
     int only_layout;  /* bench: -1 both layouts, else just this one */
     int single;       /* bench: time the 1-rank baseline */
+    int64_t bwd_T;    /* bench: backward sequence length, 0 = skip */
     mattn_seq_layout layout;
     mattn_ring_comm comm;
 } cfg;
@@ -138,6 +144,50 @@ static double time_ring(mattn_mesh *m, const cfg *c, const mattn_ring_options *r
     return worst_t;
 }
 
+/* Time of one ring BACKWARD call over `m` at c->T (the slowest rank's):
+ * o and lse come from an untimed forward. */
+static double time_ring_bwd(mattn_mesh *m, const cfg *c, mattn_ring_stats *worst)
+{
+    mattn_dist_shape shape = {c->B, c->T, c->T, c->Hq, c->Hkv, c->layout};
+    mattn_shard sh;
+    int rc = mattn_mesh_shard(m, &shape, mattn_mesh_rank(m), &sh);
+    if (rc)
+        die("shard", rc);
+    float *q = fill_shard(1, &sh, 0, c->D), *k = fill_shard(2, &sh, 1, c->D);
+    float *v = fill_shard(3, &sh, 1, c->D), *dout = fill_shard(4, &sh, 0, c->D);
+    float *dq = fill_shard(5, &sh, 0, c->D), *dk = fill_shard(5, &sh, 1, c->D);
+    float *dv = fill_shard(5, &sh, 1, c->D), *o = fill_shard(5, &sh, 0, c->D);
+    size_t rows = (size_t)(sh.batch_count * sh.q_len * sh.q_head_count);
+    float *lse = calloc(rows + 1, sizeof(float));
+    mattn_tensor tq = mattn_tensor_bthd(q, sh.batch_count, sh.q_len, sh.q_head_count, c->D);
+    mattn_tensor tk = mattn_tensor_bthd(k, sh.batch_count, sh.kv_len, sh.kv_head_count, c->D);
+    mattn_tensor tv = mattn_tensor_bthd(v, sh.batch_count, sh.kv_len, sh.kv_head_count, c->D);
+    mattn_tensor to = mattn_tensor_bthd(o, sh.batch_count, sh.q_len, sh.q_head_count, c->D);
+    mattn_tensor tdo = mattn_tensor_bthd(dout, sh.batch_count, sh.q_len, sh.q_head_count, c->D);
+    mattn_tensor tdq = mattn_tensor_bthd(dq, sh.batch_count, sh.q_len, sh.q_head_count, c->D);
+    mattn_tensor tdk = mattn_tensor_bthd(dk, sh.batch_count, sh.kv_len, sh.kv_head_count, c->D);
+    mattn_tensor tdv = mattn_tensor_bthd(dv, sh.batch_count, sh.kv_len, sh.kv_head_count, c->D);
+    mattn_options opts = mattn_options_default();
+    opts.causal = c->causal;
+    opts.threads = c->threads;
+    if (!lse || (rc = mattn_ring_forward(m, &shape, &tq, &tk, &tv, &to, lse, &opts)))
+        die("ring forward", lse ? rc : MATTN_ERR_NOMEM);
+    mattn_ring_stats st;
+    MPI_Comm comm = mattn_mesh_comm(m);
+    MPI_Barrier(comm);
+    double t0 = bench_now();
+    rc = mattn_ring_backward_ex(m, &shape, &tq, &tk, &tv, &to, lse, &tdo, &tdq, &tdk, &tdv,
+                                NULL, &opts, NULL, &st);
+    double t = bench_now() - t0, worst_t;
+    if (rc)
+        die("ring backward", rc);
+    MPI_Allreduce(&t, &worst_t, 1, MPI_DOUBLE, MPI_MAX, comm);
+    MPI_Allreduce(&st.seconds_wait, &worst->seconds_wait, 1, MPI_DOUBLE, MPI_MAX, comm);
+    MPI_Allreduce(&st.bytes_sent, &worst->bytes_sent, 1, MPI_INT64_T, MPI_MAX, comm);
+    free(q), free(k), free(v), free(dout), free(dq), free(dk), free(dv), free(o), free(lse);
+    return worst_t;
+}
+
 /* Allowed (query, key) pairs: exact for causal with T = S. */
 static double flops(const cfg *c)
 {
@@ -226,6 +276,47 @@ static int bench(cfg *c)
         }
         (void)msgs;
         printf("targets: zigzag causal speed-up >= 1.85 at 2 ranks; overhead <= 5%%\n");
+    }
+
+    /* 3. Backward: 1 rank alone, then all ranks, zigzag. */
+    if (c->bwd_T > 0) {
+        int64_t T_fwd = c->T;
+        c->T = c->bwd_T;
+        c->layout = MATTN_SEQ_ZIGZAG;
+        double b1 = 1e30, bp = 1e30, bwait = 0;
+        int64_t bbytes = 0;
+        if (rank == 0) {
+            mattn_mesh *self;
+            if ((rc = mattn_mesh_create(MPI_COMM_SELF, 1, 1, 1, &self)))
+                die("mesh", rc);
+            for (int r = 0; r < c->reps; r++) {
+                double t = time_ring_bwd(self, c, &st);
+                b1 = t < b1 ? t : b1;
+            }
+            mattn_mesh_free(self);
+        }
+        idle_barrier(MPI_COMM_WORLD);
+        MPI_Bcast(&b1, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        for (int r = 0; r < c->reps; r++) {
+            double t = time_ring_bwd(m, c, &st);
+            if (t < bp)
+                bp = t, bwait = st.seconds_wait, bbytes = st.bytes_sent;
+        }
+        if (rank == 0) {
+            double f = 2.5 * flops(c);
+            printf("\nring backward: T=S=%lld, zigzag, %s (flops = 2.5 x forward's)\n",
+                   (long long)c->T, c->causal ? "causal" : "non-causal");
+            printf("%-42s %10s %9s %9s %9s %12s\n", "run", "time (s)", "GFLOP/s", "speed-up",
+                   "wait (s)", "MB sent/rank");
+            printf("%-42s %10.3f %9.1f %9s %9s %12s\n", "ring backward, 1 rank", b1,
+                   f / b1 / 1e9, "1.00", "-", "-");
+            char name[64];
+            snprintf(name, sizeof name, "ring backward, %d ranks, zigzag", size);
+            printf("%-42s %10.3f %9.1f %9.2f %9.3f %12.1f\n", name, bp, f / bp / 1e9, b1 / bp,
+                   bwait, (double)bbytes / 1e6);
+            printf("target: ring backward speed-up >= 1.8 at 2 ranks\n");
+        }
+        c->T = T_fwd;
     }
     mattn_mesh_free(m);
     return 0;
@@ -326,7 +417,7 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     cfg c = {.B = 1, .T = 16384, .Hq = 16, .Hkv = 4, .D = 128, .causal = 1, .reps = 1,
              .threads = 1, .layout = MATTN_SEQ_ZIGZAG, .comm = MATTN_RING_COMM_OVERLAP,
-             .only_layout = -1, .single = 1};
+             .only_layout = -1, .single = 1, .bwd_T = 8192};
     int demo_mode = 0, seq_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
@@ -338,9 +429,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--reps")) c.reps = atoi(v), i++;
         else if (!strcmp(a, "--threads")) c.threads = atoi(v), i++;
         else if (!strcmp(a, "--no-causal")) c.causal = 0;
-        else if (!strcmp(a, "--quick")) c.T = 4096;
+        else if (!strcmp(a, "--quick")) c.T = 4096, c.bwd_T = 2048;
         else if (!strcmp(a, "--demo")) demo_mode = 1;
         else if (!strcmp(a, "--no-single")) c.single = 0;
+        else if (!strcmp(a, "--bwd-seq")) c.bwd_T = atoll(v), i++;
+        else if (!strcmp(a, "--no-backward")) c.bwd_T = 0;
         else if (!strcmp(a, "--layout"))
             c.layout = !strcmp(v, "contiguous") ? MATTN_SEQ_CONTIGUOUS : MATTN_SEQ_ZIGZAG,
             c.only_layout = (int)c.layout, i++;

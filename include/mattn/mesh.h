@@ -155,13 +155,42 @@ typedef struct mattn_ring_options mattn_ring_options; /* mattn/ring.h */
  *    (else MATTN_ERR_UNSUPPORTED: use ring). *chosen (may be NULL) gets the
  *    kernel sdpa picked.
  *  - ring: mattn_ring_forward_ex with `ring` (NULL = defaults).
- *  - splash: MATTN_ERR_UNSUPPORTED for now.
+ *  - splash: as vanilla/flash, the mask derived from the options (see
+ *    mattn_mesh_splash_forward in mattn/splash.h for a mask object).
  * Every rank returns the same status. */
 MATTN_API int mattn_mesh_forward(const mattn_mesh *mesh, const mattn_dist_shape *shape,
                                  mattn_op op, const mattn_tensor *q, const mattn_tensor *k,
                                  const mattn_tensor *v, const mattn_tensor *o, float *lse,
                                  const mattn_options *opts, const mattn_ring_options *ring,
                                  mattn_kernel *chosen);
+
+/* ---------------------------------------------------------------- backward */
+
+/* Collective: the distributed backward front door (SPEC §5), for the same
+ * mesh, shape, operator and options as the forward call. Tensors are this
+ * rank's shards: q, k, v, o, lse (required) as for the forward, dout like
+ * o, dq / dk / dv like q / k / v (overwritten). Gradients of the small
+ * global arguments are global and whole on every rank, summed over the mesh
+ * by one allreduce each:
+ *   dsinks [Hq]  (may be NULL; non-NULL requires sinks);
+ *   dbias  contiguous [bias.batch, bias.heads, T, S], the broadcast shape of
+ *          opts->bias (may be NULL; non-NULL requires a bias). Only when
+ *          sp = 1: under the ring a rank never holds whole bias rows'
+ *          gradients and summing T x S floats over the ring would cost more
+ *          than the attention, so op ring gives MATTN_ERR_UNSUPPORTED.
+ * Whether dsinks / dbias are NULL must be the same on every rank.
+ *  - vanilla, flash, sdpa, splash: the single-rank backward on this rank's
+ *    batch entries and kv-head groups (sp must be 1), no communication in
+ *    the attention;
+ *  - ring: mattn_ring_backward_ex with `ring` (NULL = defaults).
+ * Every rank returns the same status. */
+MATTN_API int mattn_mesh_backward(const mattn_mesh *mesh, const mattn_dist_shape *shape,
+                                  mattn_op op, const mattn_tensor *q, const mattn_tensor *k,
+                                  const mattn_tensor *v, const mattn_tensor *o,
+                                  const float *lse, const mattn_tensor *dout,
+                                  const mattn_tensor *dq, const mattn_tensor *dk,
+                                  const mattn_tensor *dv, float *dsinks, float *dbias,
+                                  const mattn_options *opts, const mattn_ring_options *ring);
 
 #ifdef __cplusplus
 }

@@ -2,9 +2,10 @@
  * (SPEC §7). Each rank keeps its query shard; key/value shards (with their
  * kv segment ids) travel between the sp ranks as one packed message per
  * step, carrying only the Hkv heads, and the per-step (o, lse) partials are
- * merged in fp32. Pairs of (query run, key run) that causal/window/chunk rule
- * out are never computed, and ranks whose keys no local query may see are
- * never exchanged with (docs/distributed.md describes the protocol). */
+ * merged in fp32. Pairs of (query run, key run) that causal/window/chunk (or
+ * a boolean mask shared by the batch) rule out are never computed, and ranks
+ * whose keys no local query may see are never exchanged with
+ * (docs/distributed.md describes the protocol). */
 #ifndef MATTN_RING_H
 #define MATTN_RING_H
 
@@ -68,6 +69,42 @@ MATTN_API int mattn_ring_forward_ex(const mattn_mesh *mesh, const mattn_dist_sha
                                     const mattn_tensor *v, const mattn_tensor *o, float *lse,
                                     const mattn_options *opts, const mattn_ring_options *ring,
                                     mattn_ring_stats *stats);
+
+/* ---------------------------------------------------------------- backward */
+
+/* Collective: the gradients of the ring forward (SPEC §5, mattn/backward.h)
+ * for the same mesh, shape and options. Every tensor is this rank's shard:
+ * q, k, v, o as given to / returned by the forward, lse [B_l, Hq_l, T_l]
+ * (required), dout like o, dq like q, dk like k, dv like v (any
+ * non-overlapping strides; overwritten). dsinks (may be NULL; non-NULL
+ * requires sinks, and then on every rank) is GLOBAL [Hq]: every rank
+ * returns the whole gradient, summed over the mesh. The bias gets no
+ * gradient here (mattn_mesh_backward says why).
+ *
+ * Each rank keeps q, o, dout and lse and computes D_i = rowsum(dout*o) once;
+ * K/V travel as in the forward, and dK/dV travel WITH them in the same
+ * packed message, accumulating in fp32 on every rank the block visits, so
+ * the block arrives home with its complete gradient (docs/distributed.md).
+ * Every rank returns the same status. */
+MATTN_API int mattn_ring_backward(const mattn_mesh *mesh, const mattn_dist_shape *shape,
+                                  const mattn_tensor *q, const mattn_tensor *k,
+                                  const mattn_tensor *v, const mattn_tensor *o,
+                                  const float *lse, const mattn_tensor *dout,
+                                  const mattn_tensor *dq, const mattn_tensor *dk,
+                                  const mattn_tensor *dv, float *dsinks,
+                                  const mattn_options *opts);
+
+/* The same with ring options (NULL = defaults; both comm modes move the
+ * backward's messages with one blocking exchange per hop, see the docs) and
+ * this rank's statistics (may be NULL). */
+MATTN_API int mattn_ring_backward_ex(const mattn_mesh *mesh, const mattn_dist_shape *shape,
+                                     const mattn_tensor *q, const mattn_tensor *k,
+                                     const mattn_tensor *v, const mattn_tensor *o,
+                                     const float *lse, const mattn_tensor *dout,
+                                     const mattn_tensor *dq, const mattn_tensor *dk,
+                                     const mattn_tensor *dv, float *dsinks,
+                                     const mattn_options *opts, const mattn_ring_options *ring,
+                                     mattn_ring_stats *stats);
 
 #ifdef __cplusplus
 }

@@ -128,8 +128,10 @@ int mattn__dist_agree(const mattn_mesh *m, int local_status, const mattn_dist_sh
         x[20] = float_bits(o->dropout_p), x[21] = (int64_t)o->dropout_seed;
         x[22] = o->dropout_batch_offset, x[23] = o->dropout_head_offset;
     }
-    /* Ring options only matter to the ring. */
-    mattn_ring_options ro = ring && op == MATTN_OP_RING ? *ring : mattn_ring_options_default();
+    /* Ring options only matter to the ring (low byte: backward calls tag the
+     * operator, mesh/partition_bwd.h). */
+    mattn_ring_options ro =
+        ring && (op & 0xff) == MATTN_OP_RING ? *ring : mattn_ring_options_default();
     x[24] = (int64_t)op, x[25] = (int64_t)ro.comm, x[26] = ro.skip_comm != 0;
     return mattn__mesh_agree_values(m, local_status, x, names, N);
 }

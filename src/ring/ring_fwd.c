@@ -6,8 +6,9 @@
  * per rank per step; step 0 is the rank's own shard. Shards are sent by
  * their owner, not forwarded, which is what lets the schedule drop every
  * transfer nobody needs: rank r receives from r - s only if one of its
- * queries may see one of that rank's keys (mattn__ring_needs, from
- * positions alone, the same on every rank), and sends to r + s only if that
+ * queries may see one of that rank's keys (mattn__ring_needs: the splash
+ * classification of the problem's structural mask, ring/plan.c, the same
+ * on every rank), and sends to r + s only if that
  * rank needs it. Causal contiguous drops the wrapped-around half of the
  * pairs; a bounded window leaves only the ranks within reach, on both
  * sides; a step nobody needs is not run at all. Messages between a pair
@@ -64,6 +65,8 @@ typedef struct ring_run {
     const mattn__problem *local;
     int P, r;
     mattn__runs kv_mine;
+    mattn__ring_plan plan;
+    int plan_ready;
     mattn__ring_acc acc;
     char *acc_ws;
     mattn__wire wire;
@@ -80,12 +83,12 @@ static int mod(int a, int p)
 /* Does this rank receive / send at step s? */
 static int recv_at(const ring_run *x, int s)
 {
-    return mattn__ring_needs(x->local, x->shape, x->P, x->r, mod(x->r - s, x->P));
+    return mattn__ring_needs(&x->plan, x->r, mod(x->r - s, x->P));
 }
 
 static int send_at(const ring_run *x, int s)
 {
-    return mattn__ring_needs(x->local, x->shape, x->P, mod(x->r + s, x->P), x->r);
+    return mattn__ring_needs(&x->plan, mod(x->r + s, x->P), x->r);
 }
 
 /* The first step >= s at which this rank sends or receives (P: none). */
@@ -115,19 +118,23 @@ static int setup(ring_run *x, const mattn_mesh *m, const mattn_dist_shape *shape
     mattn__runs q;
     mattn__ring_runs(shape->q_len, x->P, x->r, shape->layout, &q);
     mattn__ring_runs(shape->kv_len, x->P, x->r, shape->layout, &x->kv_mine);
+    int rc = mattn__ring_plan_init(&x->plan, local, shape, x->P);
+    if (rc)
+        return rc;
+    x->plan_ready = 1;
     int64_t cap = mattn__shard_kv_len_max(shape, x->P);
     int64_t piece = mattn__ring_piece_rows(local, cap);
     size_t bytes = mattn__ring_acc_bytes(local, &q, piece);
     if ((x->acc_ws = mattn__scratch_get(bytes)) == NULL)
         return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes of workspace",
                            bytes);
-    mattn__ring_acc_init(&x->acc, local, &q, piece, x->acc_ws);
+    mattn__ring_acc_init(&x->acc, local, &x->plan, &q, piece, x->acc_ws);
     int sends = 0, receives = 0;
     for (int s = 1; s < x->P; s++)
         sends |= send_at(x, s), receives |= recv_at(x, s);
     x->wire_ready = 1;
     return mattn__wire_init(&x->wire, m->sp_comm, ro->comm, ro->skip_comm != 0, local, cap,
-                            sends, receives);
+                            sends, receives, 0);
 }
 
 static void teardown(ring_run *x)
@@ -135,6 +142,8 @@ static void teardown(ring_run *x)
     if (x->wire_ready)
         mattn__wire_free(&x->wire);
     mattn__scratch_put(x->acc_ws);
+    if (x->plan_ready)
+        mattn__ring_plan_free(&x->plan);
 }
 
 /* Compute one step's keys; after a failure only the exchange goes on. */
@@ -158,7 +167,7 @@ static int run_steps(ring_run *x)
         rc = start_step(x, next, slot);
 
     /* Step 0: the rank's own shard, read in place. */
-    if (rc == MATTN_OK && mattn__ring_needs(x->local, x->shape, x->P, x->r, x->r)) {
+    if (rc == MATTN_OK && mattn__ring_needs(&x->plan, x->r, x->r)) {
         const mattn__problem *p = x->local;
         mattn__ring_kv own = {p->k, p->v, p->k_sb, p->k_ss, p->k_sh, p->v_sb, p->v_ss,
                               p->v_sh, p->kv_seg, p->kv_seg_sb, x->kv_mine};

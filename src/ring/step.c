@@ -68,11 +68,13 @@ size_t mattn__ring_acc_bytes(const mattn__problem *b, const mattn__runs *q, int6
     return bytes + align64((size_t)count_pieces(q, piece));
 }
 
-void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b, const mattn__runs *q,
-                          int64_t piece, char *ws)
+void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b,
+                          const mattn__ring_plan *plan, const mattn__runs *q, int64_t piece,
+                          char *ws)
 {
     memset(a, 0, sizeof *a);
     a->base = *b;
+    a->plan = plan;
     a->q = *q;
     a->piece = piece;
     a->n_pieces = count_pieces(q, piece);
@@ -90,13 +92,9 @@ void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b, const mat
     memset(a->started, 0, (size_t)a->n_pieces);
 }
 
-/* The local problem narrowed to query rows [t0, t0+n) (global row g0) and
- * run kr of kv; `direct` writes into the accumulator itself. */
-static mattn__problem piece_problem(const mattn__ring_acc *a, const mattn__ring_kv *kv,
-                                    const mattn__run *kr, int64_t t0, int64_t g0, int64_t n,
-                                    int direct)
+mattn__problem mattn__ring_narrow(const mattn__problem *b, const mattn__ring_kv *kv,
+                                  const mattn__run *kr, int64_t t0, int64_t g0, int64_t n)
 {
-    const mattn__problem *b = &a->base;
     mattn__problem p = *b;
     p.T = n;
     p.S = kr->count;
@@ -115,6 +113,16 @@ static mattn__problem piece_problem(const mattn__ring_acc *a, const mattn__ring_
     p.mask = b->mask ? b->mask + g0 * b->mask_st + kr->global : NULL;
     p.bias = b->bias ? b->bias + g0 * b->bias_st + kr->global : NULL;
     p.sinks = NULL;
+    return p;
+}
+
+/* The piece's problem; `direct` writes into the accumulator itself. */
+static mattn__problem piece_problem(const mattn__ring_acc *a, const mattn__ring_kv *kv,
+                                    const mattn__run *kr, int64_t t0, int64_t g0, int64_t n,
+                                    int direct)
+{
+    const mattn__problem *b = &a->base;
+    mattn__problem p = mattn__ring_narrow(b, kv, kr, t0, g0, n);
     if (direct) {
         p.o = b->o + t0 * b->o_st;
         p.lse = a->lse + t0;
@@ -160,7 +168,7 @@ int mattn__ring_acc_add(mattn__ring_acc *a, const mattn__ring_kv *kv, mattn__rin
             int64_t t0 = qr->local + off, g0 = qr->global + off;
             for (int j = 0; j < kv->runs.n; j++) {
                 const mattn__run *kr = &kv->runs.r[j];
-                if (!mattn__ring_rows_live(b, g0, n, kr->global, kr->count))
+                if (!mattn__ring_live(a->plan, g0, n, kr->global, kr->count))
                     continue;
                 if (poll && (rc = poll(poll_ctx)) != MATTN_OK)
                     return rc;

@@ -7,7 +7,11 @@
  * schedule). The receive side has two buffers, so the next step's shard can
  * arrive while the current one is computed.
  *
- * Transports, one table:
+ * Backward (ring_bwd.c) uses the same packed layout with dK | dV appended
+ * (from a unit boundary) and forwards what it holds: the buffer computed on
+ * is the message, so two buffers swap roles each hop (mattn__wire_shift).
+ *
+ * Transports of the forward, one table:
  *   OVERLAP   MPI_Isend/MPI_Irecv started one step ahead; mattn__wire_poll
  *             (MPI_Testall) runs between kernel calls, because without a
  *             progress thread a large shared-memory message only advances
@@ -108,7 +112,7 @@ static const transport transports[] = {
 /* ---------------------------------------------------------------- buffers */
 
 int mattn__wire_init(mattn__wire *w, MPI_Comm comm, mattn_ring_comm mode, int skip,
-                     const mattn__problem *p, int64_t cap, int sends, int receives)
+                     const mattn__problem *p, int64_t cap, int sends, int receives, int grads)
 {
     memset(w, 0, sizeof *w);
     w->comm = comm;
@@ -123,15 +127,29 @@ int mattn__wire_init(mattn__wire *w, MPI_Comm comm, mattn_ring_comm mode, int sk
     w->off_v = align64(sizeof(float) * rows * (size_t)w->D);
     w->off_seg = w->off_v + align64(sizeof(float) * rows * (size_t)w->Dv);
     size_t end = w->off_seg + (w->has_seg ? sizeof(int32_t) * (size_t)(w->B * cap) : 0);
+    w->grads = grads;
+    if (grads) {
+        /* dK | dV start on a unit boundary: the last hop sends only them. */
+        w->off_dk = (end + WIRE_UNIT - 1) / WIRE_UNIT * WIRE_UNIT;
+        w->off_dv = w->off_dk + align64(sizeof(float) * rows * (size_t)w->D);
+        end = w->off_dv + sizeof(float) * rows * (size_t)w->Dv;
+    }
     w->bytes = (end + WIRE_UNIT - 1) / WIRE_UNIT * WIRE_UNIT;
     if (w->bytes / WIRE_UNIT > INT_MAX)
         return mattn__fail(MATTN_ERR_SHAPE, "ring: a K/V shard of %zu bytes is too large",
                            w->bytes);
 
-    if ((sends || skip) && (w->own = mattn__scratch_get(w->bytes)) == NULL)
+    if (grads) {
+        /* The travelling message is the buffer computed on: one held, one
+         * receiving (the second only if anything moves). */
+        for (int i = 0; i < ((sends || receives) && !skip ? 2 : 1); i++)
+            if ((w->slot[i] = mattn__scratch_get(w->bytes)) == NULL)
+                return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes for "
+                                   "K/V with dK/dV", w->bytes);
+    } else if ((sends || skip) && (w->own = mattn__scratch_get(w->bytes)) == NULL)
         return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes for the K/V "
                            "shard", w->bytes);
-    if (receives && !skip) {
+    if (receives && !skip && !grads) {
         for (int i = 0; i < transports[mode].slots; i++)
             if ((w->slot[i] = mattn__scratch_get(w->bytes)) == NULL)
                 return mattn__fail(MATTN_ERR_NOMEM, "ring: cannot allocate %zu bytes to "
@@ -145,10 +163,10 @@ int mattn__wire_init(mattn__wire *w, MPI_Comm comm, mattn_ring_comm mode, int sk
     return MATTN_OK;
 }
 
-void mattn__wire_pack(mattn__wire *w, const mattn__problem *p)
+static void pack(const mattn__wire *w, char *buf, const mattn__problem *p)
 {
-    float *k = (float *)w->own, *v = (float *)(w->own + w->off_v);
-    int32_t *seg = (int32_t *)(w->own + w->off_seg);
+    float *k = (float *)buf, *v = (float *)(buf + w->off_v);
+    int32_t *seg = (int32_t *)(buf + w->off_seg);
     size_t kb = sizeof(float) * (size_t)w->D, vb = sizeof(float) * (size_t)w->Dv;
     for (int64_t b = 0; b < w->B; b++) {
         for (int64_t h = 0; h < w->H; h++) {
@@ -170,9 +188,20 @@ void mattn__wire_pack(mattn__wire *w, const mattn__problem *p)
     }
 }
 
+void mattn__wire_pack(mattn__wire *w, const mattn__problem *p)
+{
+    pack(w, w->own, p);
+}
+
+void mattn__wire_pack_grads(mattn__wire *w, int slot, const mattn__problem *p)
+{
+    pack(w, w->slot[slot], p);
+    memset(w->slot[slot] + w->off_dk, 0, w->bytes - w->off_dk);
+}
+
 mattn__ring_kv mattn__wire_kv(const mattn__wire *w, int slot, const mattn__runs *runs)
 {
-    const char *buf = w->skip ? w->own : w->slot[slot];
+    const char *buf = w->skip && !w->grads ? w->own : w->slot[slot];
     mattn__ring_kv kv = {
         .k = (const float *)buf,
         .k_sb = w->H * w->cap * w->D, .k_ss = w->D, .k_sh = w->cap * w->D,
@@ -185,7 +214,40 @@ mattn__ring_kv mattn__wire_kv(const mattn__wire *w, int slot, const mattn__runs 
     return kv;
 }
 
+mattn__wire_grads mattn__wire_dkv(const mattn__wire *w, int slot)
+{
+    char *buf = w->slot[slot];
+    mattn__wire_grads g = {
+        .dk = (float *)(buf + w->off_dk),
+        .dk_sb = w->H * w->cap * w->D, .dk_ss = w->D, .dk_sh = w->cap * w->D,
+        .dv = (float *)(buf + w->off_dv),
+        .dv_sb = w->H * w->cap * w->Dv, .dv_ss = w->Dv, .dv_sh = w->cap * w->Dv,
+    };
+    return g;
+}
+
 /* ---------------------------------------------------------------- exchange */
+
+int mattn__wire_shift(mattn__wire *w, int slot, int to, int from, int grads_only)
+{
+    if (w->skip)
+        return MATTN_OK;
+    /* Blocking on purpose: the message carries what this step's compute just
+     * added, so it cannot leave earlier (docs/distributed.md, "Ring
+     * backward", has the measurements). */
+    size_t off = grads_only ? w->off_dk : 0, bytes = w->bytes - off;
+    int n = (int)(bytes / WIRE_UNIT);
+    double t0 = now();
+    int rc = MPI_Sendrecv(w->slot[slot] + off, n, w->unit, to, WIRE_TAG + 1,
+                          w->slot[slot ^ 1] + off, n, w->unit, from, WIRE_TAG + 1, w->comm,
+                          MPI_STATUS_IGNORE);
+    w->seconds_wait += now() - t0;
+    if (rc != MPI_SUCCESS)
+        return mattn__fail(MATTN_ERR_MPI, "ring: MPI_Sendrecv of K/V with dK/dV failed");
+    w->messages_sent++, w->bytes_sent += (int64_t)bytes;
+    w->messages_received++, w->bytes_received += (int64_t)bytes;
+    return MATTN_OK;
+}
 
 int mattn__wire_start(mattn__wire *w, int slot, int to, int from)
 {
