@@ -24,9 +24,15 @@ typedef struct mattn__cli_command {
 
 /* X(name, summary, handler), in the order `mattn --help` lists them. */
 #define MATTN__CLI_COMMANDS(X)                                                        \
-    X("run", "one attention forward pass (vanilla, flash, sdpa) on .npy files or a " \
+    X("run", "one attention forward pass (any operator, ring included) on .npy files or a " \
              "synthetic problem; timing, GFLOP/s and a float64 check",               \
-      mattn__cli_run)
+      mattn__cli_run)                                                                  \
+    X("grad", "the backward pass (dq, dk, dv, dsinks, dbias) of any operator on .npy " \
+              "files or a synthetic problem, split over the ranks under mpirun",          \
+      mattn__cli_grad)                                                                 \
+    X("decode", "ar, ragged or paged decode over a KV cache (.npy or synthetic), split " \
+                "over the ranks under mpirun; tokens/s, GB/s and a float64 check",        \
+      mattn__cli_decode)
 
 #define MATTN__CLI_DECLARE_(name, summary, handler) \
     int handler(MPI_Comm comm, int argc, char **argv);

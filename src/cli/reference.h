@@ -46,4 +46,31 @@ int mattn__ref_check(const mattn__ref_problem *p, int64_t rows, int threads,
  * so O(T). */
 int64_t mattn__ref_structural_pairs(const mattn_options *opts, int64_t T, int64_t S);
 
+/* ------------------------------------------------------------------ gradients */
+
+/* The backward to compare (`mattn grad --check`): the forward problem, the
+ * loss gradient dout [B, T, Hq, Dv] and the library's dq, dk, dv (shaped
+ * like q, k, v) and dsinks [Hq] (may be NULL). */
+typedef struct mattn__ref_grad_problem {
+    const mattn_tensor *q, *k, *v, *dout, *dq, *dk, *dv;
+    const float *dsinks;
+    const mattn_options *opts;
+} mattn__ref_grad_problem;
+
+typedef struct mattn__ref_grad_report {
+    int64_t rows, kv_rows; /* dq rows (b, h, i) and dk/dv rows (b, hk, j) compared */
+    double max_err_dq, max_err_dk, max_err_dv, max_err_dsinks;
+    double max_ratio;        /* largest |difference| / bound, as for the forward */
+    const char *worst_what;  /* "dq", "dk", "dv" or "dsinks" */
+    int64_t worst_index;     /* flat row of the worst value in its array's (b, h, i) order */
+} mattn__ref_grad_report;
+
+/* Compares `rows` evenly spaced dq rows and `rows` evenly spaced dk/dv rows
+ * (all when rows is 0 or larger), and dsinks when every row is compared
+ * (its reference needs every row). A dk/dv row needs the statistics of
+ * every query row of its (batch, kv-head group), computed once per group it
+ * touches. MATTN_OK or MATTN_ERR_NOMEM; the verdict is in *report. */
+int mattn__ref_grad_check(const mattn__ref_grad_problem *p, int64_t rows, int threads,
+                          mattn__ref_grad_report *report);
+
 #endif

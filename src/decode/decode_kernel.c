@@ -38,7 +38,9 @@
 
 #define DEC_ROWS 64        /* rows per tile for multi-query (paged) sequences */
 #define DEC_CHUNK 32       /* keys per softmax update: logits [rows, 32] stay in L1 */
+#ifndef DEC_KEYS          /* -DDEC_KEYS=n for experiments (docs/decode.md, Known gap) */
 #define DEC_KEYS 8         /* keys per pass over the kv heads: 8 sequential streams */
+#endif
 #define DEC_SPLIT_TILES 64 /* split tiles' key ranges only when tiles are fewer */
 
 typedef struct dec_tile {
