@@ -92,7 +92,18 @@ $(BUILD)/mattn.pc: mattn.pc.in include/mattn/version.h
 	@mkdir -p $(dir $@)
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
-tests: $(TEST_BIN) $(CLI)
+# Every public header compiles on its own, whichever a user includes first.
+PUBLIC_HEADERS := $(wildcard include/mattn.h include/mattn/*.h)
+$(BUILD)/headers.ok: $(PUBLIC_HEADERS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CHECK   public headers")
+	$(Q)for h in $(PUBLIC_HEADERS:include/%=%); do \
+	    printf '#include "%s"\nint main(void) { return 0; }\n' $$h | \
+	    $(CC) -std=c11 -Wall -Wextra -Wpedantic -Werror -Iinclude -fsyntax-only -x c - || \
+	    { echo "public header $$h does not compile on its own" >&2; exit 1; }; done
+	$(Q)touch $@
+
+tests: $(TEST_BIN) $(CLI) $(BUILD)/headers.ok
 
 # The whole suite: every test program under mpirun at 1, 2, 3 and 4 ranks.
 test: tests

@@ -11,6 +11,10 @@
  *   dsink_h = -sum_{b,i} exp(sink_h - lse_i) D_i.
  * A fully masked row (lse = -inf) has zero gradients. docs/backward.md has
  * the derivation and the kernels' structure. */
+/* The core header first, outside the guard: it includes every area header
+ * in dependency order, so any of them may be included first. */
+#include "mattn.h"
+
 #ifndef MATTN_BACKWARD_H
 #define MATTN_BACKWARD_H
 

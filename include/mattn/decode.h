@@ -28,6 +28,10 @@
  *
  * Dv may differ from D everywhere. Fully masked rows (empty ranges) give
  * o = 0 and lse = -inf, or lse = sink with sinks; never NaN. */
+/* The core header first, outside the guard: it includes every area header
+ * in dependency order, so any of them may be included first. */
+#include "mattn.h"
+
 #ifndef MATTN_DECODE_H
 #define MATTN_DECODE_H
 

@@ -9,6 +9,10 @@
  * the small broadcastable ones (sinks [Hq], mask and bias [B|1, Hq|1, T, S])
  * are passed whole, in their global shape, on every rank. Positions, offsets
  * and dropout indices in mattn_options are those of the global problem. */
+/* The core header first, outside the guard: it includes every area header
+ * in dependency order, so any of them may be included first. */
+#include "mattn.h"
+
 #ifndef MATTN_MESH_H
 #define MATTN_MESH_H
 

@@ -6,6 +6,10 @@
  * a boolean mask shared by the batch) rule out are never computed, and ranks
  * whose keys no local query may see are never exchanged with
  * (docs/distributed.md describes the protocol). */
+/* The core header first, outside the guard: it includes every area header
+ * in dependency order, so any of them may be included first. */
+#include "mattn.h"
+
 #ifndef MATTN_RING_H
 #define MATTN_RING_H
 

@@ -28,6 +28,10 @@
  *              mattn_splash_mask_local(l, r)    == window_left = l, window_right = r
  *              mattn_splash_mask_chunked(c)     == causal = 1, chunk = c
  *              mattn_splash_mask_dense(m, T, S) == mask = m (q_offset = kv_offset = 0) */
+/* The core header first, outside the guard: it includes every area header
+ * in dependency order, so any of them may be included first. */
+#include "mattn.h"
+
 #ifndef MATTN_SPLASH_H
 #define MATTN_SPLASH_H
 
