@@ -35,6 +35,8 @@
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "core/status.h"
+#include "kernels/block_bwd.h"
+#include "kernels/blockwise.h"
 #include "kernels/kernels_bwd.h"
 #include "kernels/rows.h"
 #include "kernels/rows_bwd.h"
@@ -67,16 +69,7 @@ typedef struct fbwd_ctx {
     char **ws;
 } fbwd_ctx;
 
-typedef struct fbwd_ws {
-    float *q, *dout, *dq;   /* panel rows: [prow, D] scaled q, [prow, Dv], [prow, D] */
-    float *lse, *delta;     /* [prow] */
-    mattn__row *row;        /* [prow]; empty rows (lse = -inf) have hi = lo */
-    int64_t *qb_lo, *qb_hi; /* per q block of the panel: union of its rows' key ranges */
-    unsigned char *active;  /* [rows_max]: the row sees the current kv block */
-    float *s, *dp, *w, *capf; /* [rows_max, bkv]: P, dW then dx, W (dropout), cap factor */
-    float *dk, *dv;         /* [bkv, D], [bkv, Dv] accumulators */
-    float *kbuf, *vbuf;     /* K/V block when rows are not BLAS-addressable */
-} fbwd_ws;
+typedef mattn__bwd_ws fbwd_ws;
 
 static size_t align64(size_t n)
 {
@@ -109,25 +102,10 @@ static size_t fbwd_layout(const fbwd_ctx *c, char *base, fbwd_ws *w)
     CARVE(capf, float, p->softcap > 0.0f ? rows * bkv : 0);
     CARVE(dk, float, bkv * D);
     CARVE(dv, float, bkv * Dv);
-    CARVE(kbuf, float, p->k_ss < p->D || p->k_ss > INT32_MAX ? bkv * D : 0);
-    CARVE(vbuf, float, p->v_ss < p->Dv || p->v_ss > INT32_MAX ? bkv * Dv : 0);
+    CARVE(kbuf, float, mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * D);
+    CARVE(vbuf, float, mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * Dv);
 #undef CARVE
     return off;
-}
-
-/* K (or V) rows j0.. of one head as a row-major matrix with leading dim *ld:
- * directly when the sequence stride allows it, else copied into buf. */
-static const float *block_rows(const float *base, int64_t stride, int64_t dim, int64_t n,
-                               float *buf, int64_t *ld)
-{
-    if (stride >= dim && stride <= INT32_MAX) {
-        *ld = stride;
-        return base;
-    }
-    for (int64_t j = 0; j < n; j++)
-        memcpy(buf + j * dim, base + j * stride, sizeof(float) * (size_t)dim);
-    *ld = dim;
-    return buf;
 }
 
 /* Gathers the panel's rows (positions t0..t0+tn of batch b, the q heads of
@@ -136,27 +114,8 @@ static void gather_panel(const fbwd_ctx *c, fbwd_ws *w, int64_t b, int64_t hk, i
                          int64_t tn)
 {
     const mattn__problem *p = c->p;
-    const mattn__grad *g = c->g;
-    const mattn__bwd_prep *prep = c->prep;
-    const int64_t G = p->group, D = p->D, Dv = p->Dv;
-    for (int64_t tt = 0; tt < tn; tt++) {
-        for (int64_t gi = 0; gi < G; gi++) {
-            int64_t r = tt * G + gi, h = hk * G + gi, t = t0 + tt;
-            const float *src = p->q + b * p->q_sb + t * p->q_st + h * p->q_sh;
-            float *dst = w->q + r * D;
-            for (int64_t d = 0; d < D; d++)
-                dst[d] = src[d] * p->scale;
-            memcpy(w->dout + r * Dv, g->dout + b * g->do_sb + t * g->do_st + h * g->do_sh,
-                   sizeof(float) * (size_t)Dv);
-            w->lse[r] = p->lse[b * p->lse_sb + h * p->lse_sh + t];
-            w->delta[r] = prep->delta[b * prep->delta_sb + h * prep->delta_sh + t];
-            mattn__row_init(p, b, h, t, &w->row[r]);
-            /* lse = -inf: the row had no key and no sink; its gradients are
-             * zero, and exp(s - lse) must never be formed. */
-            if (w->lse[r] == -INFINITY)
-                w->row[r].hi = w->row[r].lo;
-        }
-    }
+    const int64_t G = p->group;
+    mattn__bwd_gather_rows(p, c->g, c->prep, w, b, hk, t0, tn);
     for (int64_t i = 0; i * c->bq < tn; i++) {
         int64_t lo = p->S, hi = 0;
         int64_t r1 = (i + 1) * c->bq < tn ? (i + 1) * c->bq * G : tn * G;
@@ -170,56 +129,6 @@ static void gather_panel(const fbwd_ctx *c, fbwd_ws *w, int64_t b, int64_t hk, i
         w->qb_lo[i] = lo;
         w->qb_hi[i] = hi;
     }
-}
-
-/* The five GEMMs and the row work of one (q block, kv block) pair. */
-static void block_pair(const fbwd_ctx *c, fbwd_ws *w, const mattn__dbias_view *dbias,
-                       int64_t b, int64_t hk, int64_t t0, int64_t r0, int64_t rn, int64_t j0,
-                       int64_t jn, const float *kb, int64_t ldk, const float *vb, int64_t ldv,
-                       float *dq)
-{
-    const mattn__problem *p = c->p;
-    const int64_t G = p->group, D = p->D, Dv = p->Dv, bkv = c->bkv;
-    const int dropout = p->dropout_p > 0.0f, cap = p->softcap > 0.0f;
-    const float *q = w->q + r0 * D, *dout = w->dout + r0 * Dv;
-
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)D, 1.0f, q,
-                (int)D, kb, (int)ldk, 0.0f, w->s, (int)bkv);
-    for (int64_t r = 0; r < rn; r++) {
-        float *s = w->s + r * bkv;
-        if (!w->active[r]) {
-            memset(s, 0, sizeof(float) * (size_t)jn);
-            if (dropout)
-                memset(w->w + r * bkv, 0, sizeof(float) * (size_t)jn);
-            continue;
-        }
-        mattn__bwd_row_probs(p, c->vm, &w->row[r0 + r], w->lse[r0 + r], s,
-                             cap ? w->capf + r * bkv : NULL, dropout ? w->w + r * bkv : NULL,
-                             j0, jn);
-    }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)Dv, (int)rn, 1.0f,
-                dropout ? w->w : w->s, (int)bkv, dout, (int)Dv, 1.0f, w->dv, (int)Dv);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)Dv, 1.0f, dout,
-                (int)Dv, vb, (int)ldv, 0.0f, w->dp, (int)bkv);
-    for (int64_t r = 0; r < rn; r++) {
-        float *dp = w->dp + r * bkv;
-        if (!w->active[r]) {
-            memset(dp, 0, sizeof(float) * (size_t)jn);
-            continue;
-        }
-        float *db = NULL;
-        if (dbias->data) {
-            int64_t row = r0 + r, t = t0 + row / G, h = hk * G + row % G;
-            db = dbias->data + b * dbias->sb + h * dbias->sh + t * dbias->st + j0;
-        }
-        mattn__bwd_row_dscore(w->s + r * bkv, dropout ? w->w + r * bkv : NULL,
-                              cap ? w->capf + r * bkv : NULL, w->delta[r0 + r], dp, db, jn);
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rn, (int)D, (int)jn, 1.0f,
-                w->dp, (int)bkv, kb, (int)ldk, 1.0f, dq + r0 * D, (int)D);
-    /* dK = scale dx^T Q = dx^T (scale Q): the panel holds scaled rows. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)D, (int)rn, 1.0f, w->dp,
-                (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
 }
 
 static void fbwd_task(void *vctx, int64_t task, int worker)
@@ -237,7 +146,7 @@ static void fbwd_task(void *vctx, int64_t task, int worker)
     int64_t je = (split + 1) * c->nkb / c->nsplit * bkv;
     je = je < p->S ? je : p->S;
 
-    fbwd_ws w;
+    fbwd_ws w = {0};
     fbwd_layout(c, c->ws[worker], &w);
     const mattn__dbias_view *dbias = mattn__bwd_dbias_view(c->prep, worker);
     float *dk_out = g->dk + b * g->dk_sb + hk * g->dk_sh;
@@ -273,14 +182,14 @@ static void fbwd_task(void *vctx, int64_t task, int worker)
                 if (!any)
                     continue;
                 if (kb == NULL) { /* first visit of this kv block in the panel */
-                    kb = block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh, p->k_ss,
+                    kb = mattn__block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh, p->k_ss,
                                     D, jn, w.kbuf, &ldk);
-                    vb = block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh, p->v_ss,
+                    vb = mattn__block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh, p->v_ss,
                                     Dv, jn, w.vbuf, &ldv);
                     memset(w.dk, 0, sizeof(float) * (size_t)(jn * D));
                     memset(w.dv, 0, sizeof(float) * (size_t)(jn * Dv));
                 }
-                block_pair(c, &w, dbias, b, hk, t0, r0, r1 - r0, j0, jn, kb, ldk, vb, ldv, dq);
+                mattn__bwd_block_pair(c->p, c->vm, &w, c->bkv, dbias, b, hk, t0, r0, r1 - r0, j0, jn, kb, ldk, vb, ldv, dq);
             }
             if (kb) {
                 mattn__bwd_store_rows(dk_out + j0 * g->dk_ss, g->dk_ss, w.dk, D, jn, D, 1.0f, 1);

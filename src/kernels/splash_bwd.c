@@ -34,6 +34,7 @@
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "core/status.h"
+#include "kernels/block_bwd.h"
 #include "kernels/blockwise.h"
 #include "kernels/rows.h"
 #include "kernels/rows_bwd.h"
@@ -80,18 +81,7 @@ typedef struct sbwd_ctx {
     char **ws;
 } sbwd_ctx;
 
-typedef struct sbwd_ws {
-    float *q, *dout, *dq;     /* panel rows: [prow, D] scaled q, [prow, Dv], [prow, D] */
-    float *lse, *delta;       /* [prow] */
-    mattn__row *row;          /* [prow]; empty rows (lse = -inf) have hi = lo */
-    unsigned char *active;    /* [rows_max]: the row takes part in the current pair */
-    const uint8_t **tile;     /* [rows_max]: its tile row, NULL for FULL */
-    float *s, *dp, *w, *capf; /* [rows_max, bkv]: P, dW then dx, W (dropout), cap factor */
-    float *dk, *dv;           /* [bkv, D], [bkv, Dv] accumulators */
-    float *kbuf, *vbuf;       /* K/V block when rows are not BLAS-addressable */
-    int64_t *cur;             /* [nkb, nl] column cursors (persist across panels) */
-    int32_t *state;           /* [nl] */
-} sbwd_ws;
+typedef mattn__bwd_ws sbwd_ws;
 
 static size_t align64(size_t n)
 {
@@ -174,84 +164,6 @@ static int cols_build(const mattn_splash_info *info, sbwd_cols *cols, void **mem
     return MATTN_OK;
 }
 
-/* Gathers the rows of positions t0..t0+tn of batch b, the q heads of kv
- * head hk: scaled q, dO, lse, D_i and the row contexts. */
-static void gather_panel(const sbwd_ctx *c, sbwd_ws *w, int64_t b, int64_t hk, int64_t t0,
-                         int64_t tn)
-{
-    const mattn__problem *p = c->p;
-    const mattn__grad *g = c->g;
-    const mattn__bwd_prep *prep = c->prep;
-    const int64_t G = p->group, D = p->D, Dv = p->Dv;
-    for (int64_t tt = 0; tt < tn; tt++)
-        for (int64_t gi = 0; gi < G; gi++) {
-            int64_t r = tt * G + gi, h = hk * G + gi, t = t0 + tt;
-            const float *src = p->q + b * p->q_sb + t * p->q_st + h * p->q_sh;
-            float *dst = w->q + r * D;
-            for (int64_t d = 0; d < D; d++)
-                dst[d] = src[d] * p->scale;
-            memcpy(w->dout + r * Dv, g->dout + b * g->do_sb + t * g->do_st + h * g->do_sh,
-                   sizeof(float) * (size_t)Dv);
-            w->lse[r] = p->lse[b * p->lse_sb + h * p->lse_sh + t];
-            w->delta[r] = prep->delta[b * prep->delta_sb + h * prep->delta_sh + t];
-            mattn__row_init(p, b, h, t, &w->row[r]);
-            /* lse = -inf: no key and no sink; zero gradients, and
-             * exp(s - lse) must never be formed. */
-            if (w->lse[r] == -INFINITY)
-                w->row[r].hi = w->row[r].lo;
-        }
-}
-
-/* The five GEMMs and the row work of panel rows [r0, r0 + rn) against keys
- * [j0, j0 + jn); w->active and w->tile describe the rows. */
-static void block_pair(const sbwd_ctx *c, sbwd_ws *w, const mattn__dbias_view *dbias, int64_t b,
-                       int64_t hk, int64_t t0, int64_t r0, int64_t rn, int64_t j0, int64_t jn,
-                       const float *kb, int64_t ldk, const float *vb, int64_t ldv, float *dq)
-{
-    const mattn__problem *p = c->p;
-    const int64_t G = p->group, D = p->D, Dv = p->Dv, bkv = c->info->bkv;
-    const int dropout = p->dropout_p > 0.0f, cap = p->softcap > 0.0f;
-    const float *q = w->q + r0 * D, *dout = w->dout + r0 * Dv;
-
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)D, 1.0f, q,
-                (int)D, kb, (int)ldk, 0.0f, w->s, (int)bkv);
-    for (int64_t r = 0; r < rn; r++) {
-        float *s = w->s + r * bkv;
-        if (!w->active[r]) {
-            memset(s, 0, sizeof(float) * (size_t)jn);
-            if (dropout)
-                memset(w->w + r * bkv, 0, sizeof(float) * (size_t)jn);
-            continue;
-        }
-        mattn__bwd_row_probs_tile(p, c->vm, &w->row[r0 + r], w->lse[r0 + r], s,
-                                  cap ? w->capf + r * bkv : NULL,
-                                  dropout ? w->w + r * bkv : NULL, j0, jn, w->tile[r]);
-    }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)Dv, (int)rn, 1.0f,
-                dropout ? w->w : w->s, (int)bkv, dout, (int)Dv, 1.0f, w->dv, (int)Dv);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)Dv, 1.0f, dout,
-                (int)Dv, vb, (int)ldv, 0.0f, w->dp, (int)bkv);
-    for (int64_t r = 0; r < rn; r++) {
-        float *dp = w->dp + r * bkv;
-        if (!w->active[r]) {
-            memset(dp, 0, sizeof(float) * (size_t)jn);
-            continue;
-        }
-        float *db = NULL;
-        if (dbias->data) {
-            int64_t row = r0 + r, t = t0 + row / G, h = hk * G + row % G;
-            db = dbias->data + b * dbias->sb + h * dbias->sh + t * dbias->st + j0;
-        }
-        mattn__bwd_row_dscore(w->s + r * bkv, dropout ? w->w + r * bkv : NULL,
-                              cap ? w->capf + r * bkv : NULL, w->delta[r0 + r], dp, db, jn);
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rn, (int)D, (int)jn, 1.0f,
-                w->dp, (int)bkv, kb, (int)ldk, 1.0f, dq + r0 * D, (int)D);
-    /* dK = scale dx^T Q = dx^T (scale Q): the panel holds scaled rows. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)D, (int)rn, 1.0f, w->dp,
-                (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
-}
-
 /* The next q block below qb_end in any of kv block kb's lists (cursors cu),
  * with each list's state for it; advances the lists that hold it. Returns
  * -1 when none is left below qb_end. */
@@ -293,7 +205,7 @@ static void sbwd_task(void *vctx, int64_t task, int worker)
     int64_t kb0 = c->split_kb[split], kb1 = c->split_kb[split + 1];
     int64_t jb = kb0 * bkv, je = kb1 * bkv < p->S ? kb1 * bkv : p->S;
 
-    sbwd_ws w;
+    sbwd_ws w = {0};
     sbwd_layout(c, c->ws[worker], &w);
     const mattn__dbias_view *dbias = mattn__bwd_dbias_view(c->prep, worker);
     float *dk_out = g->dk + b * g->dk_sb + hk * g->dk_sh;
@@ -311,7 +223,7 @@ static void sbwd_task(void *vctx, int64_t task, int worker)
     for (int64_t pq0 = 0; pq0 < info->nqb; pq0 += c->panel_qb) {
         int64_t pq1 = pq0 + c->panel_qb < info->nqb ? pq0 + c->panel_qb : info->nqb;
         int64_t t0 = pq0 * bq, tn = (pq1 * bq < p->T ? pq1 * bq : p->T) - t0;
-        gather_panel(c, &w, b, hk, t0, tn);
+        mattn__bwd_gather_rows(c->p, c->g, c->prep, &w, b, hk, t0, tn);
         float *dq = c->nsplit > 1
                         ? c->dq_part + ((split * p->B + b) * p->Hkv + hk) * p->T * G * D +
                               t0 * G * D
@@ -350,7 +262,7 @@ static void sbwd_task(void *vctx, int64_t task, int worker)
                         memset(w.dk, 0, sizeof(float) * (size_t)(jn * D));
                         memset(w.dv, 0, sizeof(float) * (size_t)(jn * Dv));
                     }
-                    block_pair(c, &w, dbias, b, hk, t0, r0, rn, j0, jn, kblk, ldk, vblk, ldv,
+                    mattn__bwd_block_pair(c->p, c->vm, &w, c->info->bkv, dbias, b, hk, t0, r0, rn, j0, jn, kblk, ldk, vblk, ldv,
                                dq);
                 }
             }

@@ -1,0 +1,81 @@
+/* The step both blockwise backward kernels share (see block_bwd.h). */
+#include "kernels/block_bwd.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels/rows_bwd.h"
+
+void mattn__bwd_gather_rows(const mattn__problem *p, const mattn__grad *g,
+                            const mattn__bwd_prep *prep, mattn__bwd_ws *w, int64_t b,
+                            int64_t hk, int64_t t0, int64_t tn)
+{
+    const int64_t G = p->group, D = p->D, Dv = p->Dv;
+    for (int64_t tt = 0; tt < tn; tt++)
+        for (int64_t gi = 0; gi < G; gi++) {
+            int64_t r = tt * G + gi, h = hk * G + gi, t = t0 + tt;
+            const float *src = p->q + b * p->q_sb + t * p->q_st + h * p->q_sh;
+            float *dst = w->q + r * D;
+            for (int64_t d = 0; d < D; d++)
+                dst[d] = src[d] * p->scale;
+            memcpy(w->dout + r * Dv, g->dout + b * g->do_sb + t * g->do_st + h * g->do_sh,
+                   sizeof(float) * (size_t)Dv);
+            w->lse[r] = p->lse[b * p->lse_sb + h * p->lse_sh + t];
+            w->delta[r] = prep->delta[b * prep->delta_sb + h * prep->delta_sh + t];
+            mattn__row_init(p, b, h, t, &w->row[r]);
+            /* lse = -inf: no key and no sink; zero gradients, and
+             * exp(s - lse) must never be formed. */
+            if (w->lse[r] == -INFINITY)
+                w->row[r].hi = w->row[r].lo;
+        }
+}
+
+void mattn__bwd_block_pair(const mattn__problem *p, const mattn__vecmath *vm, mattn__bwd_ws *w,
+                           int64_t bkv, const mattn__dbias_view *dbias, int64_t b, int64_t hk,
+                           int64_t t0, int64_t r0, int64_t rn, int64_t j0, int64_t jn,
+                           const float *kb, int64_t ldk, const float *vb, int64_t ldv,
+                           float *dq)
+{
+    const int64_t G = p->group, D = p->D, Dv = p->Dv;
+    const int dropout = p->dropout_p > 0.0f, cap = p->softcap > 0.0f;
+    const float *q = w->q + r0 * D, *dout = w->dout + r0 * Dv;
+
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)D, 1.0f, q,
+                (int)D, kb, (int)ldk, 0.0f, w->s, (int)bkv);
+    for (int64_t r = 0; r < rn; r++) {
+        float *s = w->s + r * bkv;
+        if (!w->active[r]) {
+            memset(s, 0, sizeof(float) * (size_t)jn);
+            if (dropout)
+                memset(w->w + r * bkv, 0, sizeof(float) * (size_t)jn);
+            continue;
+        }
+        mattn__bwd_row_probs_tile(p, vm, &w->row[r0 + r], w->lse[r0 + r], s,
+                                  cap ? w->capf + r * bkv : NULL,
+                                  dropout ? w->w + r * bkv : NULL, j0, jn, w->tile ? w->tile[r] : NULL);
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)Dv, (int)rn, 1.0f,
+                dropout ? w->w : w->s, (int)bkv, dout, (int)Dv, 1.0f, w->dv, (int)Dv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)jn, (int)Dv, 1.0f, dout,
+                (int)Dv, vb, (int)ldv, 0.0f, w->dp, (int)bkv);
+    for (int64_t r = 0; r < rn; r++) {
+        float *dp = w->dp + r * bkv;
+        if (!w->active[r]) {
+            memset(dp, 0, sizeof(float) * (size_t)jn);
+            continue;
+        }
+        float *db = NULL;
+        if (dbias->data) {
+            int64_t row = r0 + r, t = t0 + row / G, h = hk * G + row % G;
+            db = dbias->data + b * dbias->sb + h * dbias->sh + t * dbias->st + j0;
+        }
+        mattn__bwd_row_dscore(w->s + r * bkv, dropout ? w->w + r * bkv : NULL,
+                              cap ? w->capf + r * bkv : NULL, w->delta[r0 + r], dp, db, jn);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rn, (int)D, (int)jn, 1.0f,
+                w->dp, (int)bkv, kb, (int)ldk, 1.0f, dq + r0 * D, (int)D);
+    /* dK = scale dx^T Q = dx^T (scale Q): the panel holds scaled rows. */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)D, (int)rn, 1.0f, w->dp,
+                (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
+}
