@@ -393,67 +393,83 @@ static void test_errors(void **state)
 }
 
 /* The AVX-512 inner loops against the portable ones and a double dot, over
- * row counts, key counts and dims that exercise every tail. */
+ * row counts, key counts and dims that exercise every tail, for two kv heads
+ * (head stride inside a key row) writing logits columns from j = 2. */
 static void test_inner_loops(void **state)
 {
     (void)state;
     if (strcmp(mattn__vecmath_get()->name, "avx512") != 0)
         skip();
     tl_rng r = tl_rng_make(800);
-    const int64_t Ds[] = {1, 15, 16, 17, 64, 70, 128, 129};
+    const int64_t Ds[] = {1, 15, 16, 17, 64, 70, 128, 129}, H = 2, j = 2, ld = 13;
     for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++)
         for (int64_t R = 1; R <= 9; R++)
             for (int64_t nk = 1; nk <= 9; nk++) {
-                int64_t D = Ds[di], ks = D + 5, ld = 11;
-                float *q = tl_alloc(sizeof(float) * (size_t)(R * D));
+                int64_t D = Ds[di], kh = D + 3, ks = H * kh + 5, HR = H * R;
+                float *q = tl_alloc(sizeof(float) * (size_t)(HR * D));
                 float *k = tl_alloc(sizeof(float) * (size_t)(nk * ks));
-                float *s1 = tl_alloc(sizeof(float) * (size_t)(R * ld)), *s2 = tl_alloc(sizeof(float) * (size_t)(R * ld));
-                float *a1 = tl_alloc(sizeof(float) * (size_t)(R * D)), *a2 = tl_alloc(sizeof(float) * (size_t)(R * D));
-                tl_fill(&r, q, R * D, 1.0);
+                float *s1 = tl_alloc(sizeof(float) * (size_t)(HR * ld));
+                float *s2 = tl_alloc(sizeof(float) * (size_t)(HR * ld));
+                float *a0 = tl_alloc(sizeof(float) * (size_t)(HR * D));
+                float *a1 = tl_alloc(sizeof(float) * (size_t)(HR * D));
+                float *a2 = tl_alloc(sizeof(float) * (size_t)(HR * D));
+                tl_fill(&r, q, HR * D, 1.0);
                 tl_fill(&r, k, nk * ks, 1.0);
-                tl_fill(&r, a1, R * D, 1.0);
-                memcpy(a2, a1, sizeof(float) * (size_t)(R * D));
-                for (int64_t i = 0; i < R * ld; i++)
+                tl_fill(&r, a0, HR * D, 1.0);
+                memcpy(a1, a0, sizeof(float) * (size_t)(HR * D));
+                memcpy(a2, a0, sizeof(float) * (size_t)(HR * D));
+                for (int64_t i = 0; i < HR * ld; i++)
                     s1[i] = s2[i] = 42.0f;
-                mattn__dec_ops_avx512.dots(q, R, D, k, ks, nk, s1, ld);
-                mattn__dec_ops_portable.dots(q, R, D, k, ks, nk, s2, ld);
-                for (int64_t x = 0; x < R; x++)
-                    for (int64_t i = 0; i < ld; i++) {
-                        if (i >= nk) { /* nothing written past nk */
-                            assert_true(s1[x * ld + i] == 42.0f);
-                            continue;
+                mattn__dec_heads w1 = {.n = H, .R = R, .D = D, .Dv = D, .ld = ld, .q = q,
+                                       .s = s1, .acc = a1};
+                mattn__dec_heads w2 = w1;
+                w2.s = s2, w2.acc = a2;
+                /* a prefetch hint past the end must never be read */
+                mattn__dec_ops_avx512.dots(&w1, j, k, ks, kh, nk, k + nk * ks);
+                mattn__dec_ops_portable.dots(&w2, j, k, ks, kh, nk, NULL);
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t x = 0; x < R; x++)
+                        for (int64_t c = 0; c < ld; c++) {
+                            int64_t row = h * R + x, i = c - j;
+                            if (i < 0 || i >= nk) { /* nothing written outside the group */
+                                assert_true(s1[row * ld + c] == 42.0f);
+                                assert_true(s2[row * ld + c] == 42.0f);
+                                continue;
+                            }
+                            double dot = 0, mag = 0;
+                            for (int64_t d = 0; d < D; d++) {
+                                double t = (double)q[row * D + d] * k[i * ks + h * kh + d];
+                                dot += t, mag += fabs(t);
+                            }
+                            double tol = (D + 2) * mag / 16777216.0;
+                            tl_assert_close(s1[row * ld + c], dot, tol, "avx512 dot D=%lld",
+                                            (long long)D);
+                            tl_assert_close(s2[row * ld + c], dot, tol, "portable dot D=%lld",
+                                            (long long)D);
                         }
-                        double dot = 0, mag = 0;
+                /* accum with the logits s2 as weights and the k rows as values,
+                 * against a double sum: nk + 1 fp32 roundings of terms up to mag. */
+                w1.s = s2;
+                mattn__dec_ops_avx512.accum(&w1, j, k, ks, kh, nk, k + nk * ks);
+                mattn__dec_ops_portable.accum(&w2, j, k, ks, kh, nk, NULL);
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t x = 0; x < R; x++)
                         for (int64_t d = 0; d < D; d++) {
-                            dot += (double)q[x * D + d] * k[i * ks + d];
-                            mag += fabs((double)q[x * D + d] * k[i * ks + d]);
+                            int64_t row = h * R + x;
+                            double want = a0[row * D + d], mag = fabs(want);
+                            for (int64_t i = 0; i < nk; i++) {
+                                double t = (double)s2[row * ld + j + i] * k[i * ks + h * kh + d];
+                                want += t, mag += fabs(t);
+                            }
+                            double tol = 2.0 * (double)(nk + 1) * mag / 16777216.0;
+                            tl_assert_close(a1[row * D + d], want, tol,
+                                            "avx512 accum R=%lld nk=%lld", (long long)R,
+                                            (long long)nk);
+                            tl_assert_close(a2[row * D + d], want, tol,
+                                            "portable accum R=%lld nk=%lld", (long long)R,
+                                            (long long)nk);
                         }
-                        double tol = (D + 2) * mag / 16777216.0;
-                        tl_assert_close(s1[x * ld + i], dot, tol, "avx512 dot D=%lld", (long long)D);
-                        tl_assert_close(s2[x * ld + i], dot, tol, "portable dot D=%lld", (long long)D);
-                    }
-                /* accum: p = s (as weights), v = k rows of width D */
-                /* accum with p = s2 as weights and the k rows as values, against
-                 * a double sum: nk + 1 fp32 roundings of terms up to mag. */
-                float *a0 = tl_alloc(sizeof(float) * (size_t)(R * D));
-                memcpy(a0, a1, sizeof(float) * (size_t)(R * D));
-                mattn__dec_ops_avx512.accum(s2, ld, R, k, ks, nk, D, a1);
-                mattn__dec_ops_portable.accum(s2, ld, R, k, ks, nk, D, a2);
-                for (int64_t x = 0; x < R; x++)
-                    for (int64_t d = 0; d < D; d++) {
-                        double want = a0[x * D + d], mag = fabs(want);
-                        for (int64_t i = 0; i < nk; i++) {
-                            want += (double)s2[x * ld + i] * k[i * ks + d];
-                            mag += fabs((double)s2[x * ld + i] * k[i * ks + d]);
-                        }
-                        double tol = 2.0 * (double)(nk + 1) * mag / 16777216.0;
-                        tl_assert_close(a1[x * D + d], want, tol, "avx512 accum R=%lld nk=%lld",
-                                        (long long)R, (long long)nk);
-                        tl_assert_close(a2[x * D + d], want, tol, "portable accum R=%lld nk=%lld",
-                                        (long long)R, (long long)nk);
-                    }
-                free(a0);
-                free(q), free(k), free(s1), free(s2), free(a1), free(a2);
+                free(q), free(k), free(s1), free(s2), free(a0), free(a1), free(a2);
             }
 }
 

@@ -122,16 +122,29 @@ void mattn__dec_l_from_lse(int64_t n, const float *lse, const float *m, float *l
 /* Computes the problem on local memory. MATTN_OK or MATTN_ERR_NOMEM. */
 int mattn__decode_kernel(const mattn__dec *p);
 
+/* What the inner loops work on for one task: n kv heads, each with R q rows
+ * (q [n][R][D], scaled), their logits s [n][R][ld] and unnormalised outputs
+ * acc [n][R][Dv]. */
+typedef struct mattn__dec_heads {
+    int64_t n, R, D, Dv, ld;
+    const float *q;
+    float *s, *acc;
+} mattn__dec_heads;
+
 /* The inner loops of the kernel, chosen once at run time like the vector
- * math (MATTN_VECMATH=portable forces the portable ones). */
+ * math (MATTN_VECMATH=portable forces the portable ones). Both walk all n
+ * heads of a group of nk keys whose rows are ks apart (head h at + h * kh),
+ * and write or read logits columns [j, j + nk). pf, if not NULL, is the
+ * group the kernel reads a few calls later: a hint to prefetch, never
+ * dereferenced (it may point past the end of the data). */
 typedef struct mattn__dec_ops {
     const char *name;
-    /* s[r * ld + i] = dot(q + r * D, k + i * ks) for r < R, i < nk. */
-    void (*dots)(const float *q, int64_t R, int64_t D, const float *k, int64_t ks,
-                 int64_t nk, float *s, int64_t ld);
-    /* acc[r * Dv + d] += sum_{i < nk} p[r * ld + i] * v[i * vs + d], r < R. */
-    void (*accum)(const float *p, int64_t ld, int64_t R, const float *v, int64_t vs,
-                  int64_t nk, int64_t Dv, float *acc);
+    /* s[h][r][j + i] = dot(q[h][r], k + h * kh + i * ks), i < nk. */
+    void (*dots)(const mattn__dec_heads *w, int64_t j, const float *k, int64_t ks,
+                 int64_t kh, int64_t nk, const float *pf);
+    /* acc[h][r][:] += sum_{i < nk} s[h][r][j + i] * (v + h * vh + i * vs)[:]. */
+    void (*accum)(const mattn__dec_heads *w, int64_t j, const float *v, int64_t vs,
+                  int64_t vh, int64_t nk, const float *pf);
 } mattn__dec_ops;
 
 const mattn__dec_ops *mattn__dec_ops_get(void);

@@ -8,15 +8,23 @@
  * of them for decode, a block of them for paged prefill) x all Hq heads,
  * ordered row = (hk * qn + t) * G + g so the rows of one kv head are
  * contiguous. A task streams one piece of the tile's key range in chunks of
- * DEC_CHUNK keys; for each group of DEC_KEYS keys it walks the kv heads in
- * order, so the K (then V) rows of consecutive positions are read as a few
- * sequential streams (a [S, Hkv, D] cache row is Hkv * D contiguous floats),
- * and each K/V row feeds all rows of its kv head (GQA/MQA read K/V once):
+ * DEC_CHUNK keys; for each group of DEC_KEYS keys (cut where a page ends) it
+ * walks the kv heads in order, so the K (then V) rows of consecutive
+ * positions are read front to back as a few short sequential streams (a
+ * [S, Hkv, D] cache row is Hkv * D contiguous floats), and each K/V row feeds
+ * all rows of its kv head (GQA/MQA read K/V once):
  *   S = q_rows K_chunk^T                        (ops->dots)
  *   m' = max(m, rowmax S); P = exp(S - m'); l = l e^(m - m') + rowsum P
  *   acc = acc e^(m - m') + P V_chunk            (ops->accum)
  * and o = acc / l, lse = m + log l at the end. The e^(m - m') rescale is the
  * online softmax: one pass, no stored logits beyond a chunk.
+ *
+ * Prefetch. Each group also names the rows DEC_PF keys ahead (through the
+ * page table when paged) for the ops to prefetch. Decode is bound by how
+ * many cache lines are in flight: the FMAs waiting on demand misses fill the
+ * out-of-order window long before enough lines are requested, and the
+ * hardware prefetchers do not run ahead of these short interleaved runs
+ * (docs/decode.md, Performance).
  *
  * Split-KV. When there are few tiles (fewer than DEC_SPLIT_TILES), a tile's
  * key range is cut into pieces of p->piece keys aligned to multiples of the
@@ -37,9 +45,14 @@
 #include "kernels/vecmath.h"
 
 #define DEC_ROWS 64        /* rows per tile for multi-query (paged) sequences */
+#ifndef DEC_CHUNK         /* -DDEC_CHUNK=n, -DDEC_KEYS=n, -DDEC_PF=n for experiments */
 #define DEC_CHUNK 32       /* keys per softmax update: logits [rows, 32] stay in L1 */
-#ifndef DEC_KEYS          /* -DDEC_KEYS=n for experiments (docs/decode.md, Known gap) */
-#define DEC_KEYS 8         /* keys per pass over the kv heads: 8 sequential streams */
+#endif
+#ifndef DEC_KEYS
+#define DEC_KEYS 4         /* keys per pass over the kv heads: 4 sequential streams */
+#endif
+#ifndef DEC_PF
+#define DEC_PF 16          /* prefetch distance in keys (0: none) */
 #endif
 #define DEC_SPLIT_TILES 64 /* split tiles' key ranges only when tiles are fewer */
 
@@ -111,6 +124,27 @@ static inline const float *key_row(const mattn__dec *p, const mattn__dec_seq *s,
     return x + pg * sb + (j % p->page_size) * ss;
 }
 
+/* Keys in the group starting at local key j (< c1): DEC_KEYS, fewer at the
+ * chunk's end or where a page ends, so a group's rows are equally spaced. */
+static inline int64_t key_group(const mattn__dec *p, int64_t j, int64_t c1)
+{
+    int64_t e = j + DEC_KEYS < c1 ? j + DEC_KEYS : c1;
+    if (p->page_size > 0 && e > (j / p->page_size + 1) * p->page_size)
+        e = (j / p->page_size + 1) * p->page_size;
+    return e - j;
+}
+
+/* The rows DEC_PF keys after local key j, for the ops to prefetch; NULL
+ * past the task's range. In a page the block may run past the page's end:
+ * harmless, a prefetch is only a hint. */
+static inline const float *ahead(const mattn__dec *p, const mattn__dec_seq *s, const float *x,
+                                 int64_t sb, int64_t ss, int64_t j, int64_t j1)
+{
+    if (DEC_PF == 0 || j + DEC_PF >= j1)
+        return NULL;
+    return key_row(p, s, x, sb, ss, j + DEC_PF);
+}
+
 /* The online softmax update of one row over keys [c0, c0 + n) whose logits
  * are s[0..n); leaves the probabilities (0 for excluded keys) in s. */
 static void row_update(const mattn__dec *p, const mattn__vecmath *vm, float *s, int64_t n,
@@ -165,30 +199,26 @@ static void dec_task_run(void *vctx, int64_t ti, int worker)
         w.l[r] = sink_first && p->sinks[h] > -INFINITY ? 1.0f : 0.0f;
     }
     memset(w.acc, 0, sizeof(float) * (size_t)(R * Dv));
+    const mattn__dec_heads heads = {.n = p->Hkv, .R = Rg, .D = D, .Dv = Dv, .ld = DEC_CHUNK,
+                                    .q = w.q, .s = w.s, .acc = w.acc};
 
     for (int64_t c0 = task->j0; c0 < task->j1;) {
         int64_t c1 = c0 + DEC_CHUNK < task->j1 ? c0 + DEC_CHUNK : task->j1;
-        if (p->page_size > 0 && c1 > (c0 / p->page_size + 1) * p->page_size)
-            c1 = (c0 / p->page_size + 1) * p->page_size; /* a chunk never leaves its page */
         int64_t n = c1 - c0;
-        const float *kb = key_row(p, sq, p->k, p->k_sb, p->k_ss, c0);
-        const float *vb = key_row(p, sq, p->v, p->v_sb, p->v_ss, c0);
-
-        for (int64_t j = 0; j < n; j += DEC_KEYS) {
-            int64_t nk = n - j < DEC_KEYS ? n - j : DEC_KEYS;
-            for (int64_t hk = 0; hk < p->Hkv; hk++)
-                c->ops->dots(w.q + hk * Rg * D, Rg, D, kb + j * p->k_ss + hk * p->k_sh,
-                             p->k_ss, nk, w.s + hk * Rg * DEC_CHUNK + j, DEC_CHUNK);
+        for (int64_t j = 0, nk; j < n; j += nk) {
+            nk = key_group(p, c0 + j, c1);
+            const float *kb = key_row(p, sq, p->k, p->k_sb, p->k_ss, c0 + j);
+            c->ops->dots(&heads, j, kb, p->k_ss, p->k_sh, nk,
+                         ahead(p, sq, p->k, p->k_sb, p->k_ss, c0 + j, task->j1));
         }
         for (int64_t r = 0; r < R; r++)
             row_update(p, c->vm, w.s + r * DEC_CHUNK, n, c0, w.range[2 * r],
                        w.range[2 * r + 1], &w.m[r], &w.l[r], w.acc + r * Dv);
-        for (int64_t j = 0; j < n; j += DEC_KEYS) {
-            int64_t nk = n - j < DEC_KEYS ? n - j : DEC_KEYS;
-            for (int64_t hk = 0; hk < p->Hkv; hk++)
-                c->ops->accum(w.s + hk * Rg * DEC_CHUNK + j, DEC_CHUNK, Rg,
-                              vb + j * p->v_ss + hk * p->v_sh, p->v_ss, nk, Dv,
-                              w.acc + hk * Rg * Dv);
+        for (int64_t j = 0, nk; j < n; j += nk) {
+            nk = key_group(p, c0 + j, c1);
+            const float *vb = key_row(p, sq, p->v, p->v_sb, p->v_ss, c0 + j);
+            c->ops->accum(&heads, j, vb, p->v_ss, p->v_sh, nk,
+                          ahead(p, sq, p->v, p->v_sb, p->v_ss, c0 + j, task->j1));
         }
         c0 = c1;
     }

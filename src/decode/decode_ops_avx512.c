@@ -79,8 +79,22 @@ static ALWAYS_INLINE void dots_block(const int RB, const float *q, int64_t D,
         _mm_mask_storeu_ps(s + r * ld, keep, hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
 }
 
-static void dots_avx512(const float *q, int64_t R, int64_t D, const float *k, int64_t ks,
-                        int64_t nk, float *s, int64_t ld)
+/* Asks for the n rows of len floats at pf (stride st) one cache line at a
+ * time. The hardware prefetchers do not follow the kernel's interleaved
+ * short runs through K and V far enough ahead; these requests keep enough
+ * lines in flight without tying up the out-of-order window the way the FMAs
+ * waiting on a demand miss do. */
+static ALWAYS_INLINE void prefetch_rows(const float *pf, int64_t st, int64_t n, int64_t len)
+{
+    if (pf == NULL)
+        return;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t d = 0; d < len; d += 16)
+            _mm_prefetch((const char *)(pf + i * st + d), _MM_HINT_T0);
+}
+
+static inline void dots_head(const float *q, int64_t R, int64_t D, const float *k, int64_t ks,
+                             int64_t nk, float *s, int64_t ld)
 {
     for (int64_t i = 0; i < nk; i += 4) {
         int64_t n = nk - i < 4 ? nk - i : 4;
@@ -147,14 +161,34 @@ static ALWAYS_INLINE void accum_rows(const int FULL, const float *p, int64_t ld,
     }
 }
 
-static void accum_avx512(const float *p, int64_t ld, int64_t R, const float *v, int64_t vs,
-                         int64_t nk, int64_t Dv, float *acc)
+static inline void accum_head(const float *p, int64_t ld, int64_t R, const float *v,
+                              int64_t vs, int64_t nk, int64_t Dv, float *acc)
 {
     int64_t d = 0;
     for (; d + 64 <= Dv; d += 64)
         accum_rows(1, p, ld, R, v, vs, nk, Dv, d, acc);
     if (d < Dv)
         accum_rows(0, p, ld, R, v, vs, nk, Dv, d, acc);
+}
+
+static void dots_avx512(const mattn__dec_heads *w, int64_t j, const float *k, int64_t ks,
+                        int64_t kh, int64_t nk, const float *pf)
+{
+    for (int64_t h = 0; h < w->n; h++) {
+        prefetch_rows(pf ? pf + h * kh : NULL, ks, nk, w->D);
+        dots_head(w->q + h * w->R * w->D, w->R, w->D, k + h * kh, ks, nk,
+                  w->s + h * w->R * w->ld + j, w->ld);
+    }
+}
+
+static void accum_avx512(const mattn__dec_heads *w, int64_t j, const float *v, int64_t vs,
+                         int64_t vh, int64_t nk, const float *pf)
+{
+    for (int64_t h = 0; h < w->n; h++) {
+        prefetch_rows(pf ? pf + h * vh : NULL, vs, nk, w->Dv);
+        accum_head(w->s + h * w->R * w->ld + j, w->ld, w->R, v + h * vh, vs, nk, w->Dv,
+                   w->acc + h * w->R * w->Dv);
+    }
 }
 
 const mattn__dec_ops mattn__dec_ops_avx512 = {
