@@ -114,14 +114,23 @@ static inline int64_t query_pos(const mattn__dec_seq *s, int64_t t)
     return s->qp_last - (s->q0 + s->qn - 1 - t);
 }
 
+/* Page-table index of local key j (page_size > 0). The kernel asks a few
+ * times per group of keys; a 64-bit division costs as much as the group's
+ * address arithmetic, so power-of-two page sizes (the usual case) shift. */
+static inline int64_t page_index(const mattn__dec *p, int64_t j)
+{
+    int64_t ps = p->page_size;
+    return (ps & (ps - 1)) == 0 ? j >> __builtin_ctzll((unsigned long long)ps) : j / ps;
+}
+
 /* Address of local key j, head 0, of sequence s in cache base x. */
 static inline const float *key_row(const mattn__dec *p, const mattn__dec_seq *s,
                                    const float *x, int64_t sb, int64_t ss, int64_t j)
 {
     if (p->page_size == 0)
         return x + s->batch * sb + j * ss;
-    int64_t pg = s->pages[j / p->page_size];
-    return x + pg * sb + (j % p->page_size) * ss;
+    int64_t i = page_index(p, j);
+    return x + s->pages[i] * sb + (j - i * p->page_size) * ss;
 }
 
 /* Keys in the group starting at local key j (< c1): DEC_KEYS, fewer at the
@@ -129,8 +138,10 @@ static inline const float *key_row(const mattn__dec *p, const mattn__dec_seq *s,
 static inline int64_t key_group(const mattn__dec *p, int64_t j, int64_t c1)
 {
     int64_t e = j + DEC_KEYS < c1 ? j + DEC_KEYS : c1;
-    if (p->page_size > 0 && e > (j / p->page_size + 1) * p->page_size)
-        e = (j / p->page_size + 1) * p->page_size;
+    if (p->page_size > 0) {
+        int64_t page_end = (page_index(p, j) + 1) * p->page_size;
+        e = e < page_end ? e : page_end;
+    }
     return e - j;
 }
 
