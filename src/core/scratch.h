@@ -13,4 +13,24 @@
 void *mattn__scratch_get(size_t bytes);
 void mattn__scratch_put(void *buffer);
 
+static inline size_t mattn__align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Consecutive 64-byte aligned pieces of one workspace block. Layouts run
+ * twice: with base NULL only off adds up (the pieces are NULL), which sizes
+ * the block; then with the block, to carve it. */
+typedef struct mattn__carver {
+    char *base;
+    size_t off;
+} mattn__carver;
+
+static inline void *mattn__carve(mattn__carver *c, size_t size, size_t count)
+{
+    void *piece = c->base ? c->base + c->off : NULL;
+    c->off += mattn__align64(size * count);
+    return piece;
+}
+
 #endif

@@ -84,28 +84,21 @@ typedef struct dec_ws {
     int64_t *range; /* [rows, 2] allowed local keys [lo, hi) */
 } dec_ws;
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
+/* With w NULL only sizes the workspace. */
 static size_t dec_ws_layout(const mattn__dec *p, int64_t rows, char *base, dec_ws *w)
 {
-    size_t off = 0, n = (size_t)rows;
-#define CARVE(field, type, count)                       \
-    do {                                                \
-        if (w)                                          \
-            w->field = (type *)(base + off);            \
-        off += align64(sizeof(type) * (size_t)(count)); \
-    } while (0)
-    CARVE(q, float, n * (size_t)p->D);
-    CARVE(s, float, n * DEC_CHUNK);
-    CARVE(acc, float, n * (size_t)p->Dv);
-    CARVE(m, float, n);
-    CARVE(l, float, n);
-    CARVE(range, int64_t, 2 * n);
-#undef CARVE
-    return off;
+    size_t n = (size_t)rows;
+    mattn__carver cv = {base, 0};
+    dec_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->q = mattn__carve(&cv, sizeof *w->q, n * (size_t)p->D);
+    w->s = mattn__carve(&cv, sizeof *w->s, n * DEC_CHUNK);
+    w->acc = mattn__carve(&cv, sizeof *w->acc, n * (size_t)p->Dv);
+    w->m = mattn__carve(&cv, sizeof *w->m, n);
+    w->l = mattn__carve(&cv, sizeof *w->l, n);
+    w->range = mattn__carve(&cv, sizeof *w->range, 2 * n);
+    return cv.off;
 }
 
 /* Global position of packed query row t of sequence s. */

@@ -53,31 +53,26 @@ typedef struct flash_ws {
     mattn__row *row;
 } flash_ws;
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
+/* With w NULL only sizes the workspace. */
 static size_t flash_ws_layout(const flash_ctx *c, char *base, flash_ws *w)
 {
     const mattn__problem *p = c->p;
-    size_t off = 0, rows = (size_t)c->rows_max, bkv = (size_t)c->bkv;
-#define CARVE(field, type, count)                              \
-    do {                                                       \
-        if (w)                                                 \
-            w->field = (type *)(base + off);                   \
-        off += align64(sizeof(type) * (size_t)(count));        \
-    } while (0)
-    CARVE(q, float, rows * (size_t)p->D);
-    CARVE(s, float, rows * bkv);
-    CARVE(acc, float, rows * (size_t)p->Dv);
-    CARVE(m, float, rows);
-    CARVE(l, float, rows);
-    CARVE(kbuf, float, p->k_ss < p->D || p->k_ss > INT32_MAX ? bkv * (size_t)p->D : 0);
-    CARVE(vbuf, float, p->v_ss < p->Dv || p->v_ss > INT32_MAX ? bkv * (size_t)p->Dv : 0);
-    CARVE(row, mattn__row, rows);
-#undef CARVE
-    return off;
+    size_t rows = (size_t)c->rows_max, bkv = (size_t)c->bkv;
+    size_t kbuf_n = p->k_ss < p->D || p->k_ss > INT32_MAX ? bkv * (size_t)p->D : 0;
+    size_t vbuf_n = p->v_ss < p->Dv || p->v_ss > INT32_MAX ? bkv * (size_t)p->Dv : 0;
+    mattn__carver cv = {base, 0};
+    flash_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->q = mattn__carve(&cv, sizeof *w->q, rows * (size_t)p->D);
+    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
+    w->acc = mattn__carve(&cv, sizeof *w->acc, rows * (size_t)p->Dv);
+    w->m = mattn__carve(&cv, sizeof *w->m, rows);
+    w->l = mattn__carve(&cv, sizeof *w->l, rows);
+    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
+    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
+    w->row = mattn__carve(&cv, sizeof *w->row, rows);
+    return cv.off;
 }
 
 /* K (or V) rows j0.. of one head as a row-major matrix with leading dim *ld:

@@ -83,44 +83,38 @@ typedef struct sbwd_ctx {
 
 typedef mattn__bwd_ws sbwd_ws;
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
+/* With w NULL only sizes the workspace. */
 static size_t sbwd_layout(const sbwd_ctx *c, char *base, sbwd_ws *w)
 {
     const mattn__problem *p = c->p;
     const mattn_splash_info *info = c->info;
-    size_t off = 0, prow = (size_t)(c->panel_qb * info->bq * p->group),
-           rows = (size_t)c->rows_max, bkv = (size_t)info->bkv, D = (size_t)p->D,
-           Dv = (size_t)p->Dv;
-#define CARVE(field, type, count)                              \
-    do {                                                       \
-        if (w)                                                 \
-            w->field = (type *)(base + off);                   \
-        off += align64(sizeof(type) * (size_t)(count));        \
-    } while (0)
-    CARVE(q, float, prow * D);
-    CARVE(dout, float, prow * Dv);
-    CARVE(dq, float, c->nsplit > 1 ? 0 : prow * D);
-    CARVE(lse, float, prow);
-    CARVE(delta, float, prow);
-    CARVE(row, mattn__row, prow);
-    CARVE(active, unsigned char, rows);
-    CARVE(tile, const uint8_t *, rows);
-    CARVE(s, float, rows * bkv);
-    CARVE(dp, float, rows * bkv);
-    CARVE(w, float, p->dropout_p > 0.0f ? rows * bkv : 0);
-    CARVE(capf, float, p->softcap > 0.0f ? rows * bkv : 0);
-    CARVE(dk, float, bkv * D);
-    CARVE(dv, float, bkv * Dv);
-    CARVE(kbuf, float, mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * D);
-    CARVE(vbuf, float, mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * Dv);
-    CARVE(cur, int64_t, (size_t)(info->nkb * c->nl));
-    CARVE(state, int32_t, (size_t)c->nl);
-#undef CARVE
-    return off;
+    size_t prow = (size_t)(c->panel_qb * info->bq * p->group), rows = (size_t)c->rows_max,
+           bkv = (size_t)info->bkv, D = (size_t)p->D, Dv = (size_t)p->Dv;
+    size_t kbuf_n = mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * D;
+    size_t vbuf_n = mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * Dv;
+    mattn__carver cv = {base, 0};
+    sbwd_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->q = mattn__carve(&cv, sizeof *w->q, prow * D);
+    w->dout = mattn__carve(&cv, sizeof *w->dout, prow * Dv);
+    w->dq = mattn__carve(&cv, sizeof *w->dq, c->nsplit > 1 ? 0 : prow * D);
+    w->lse = mattn__carve(&cv, sizeof *w->lse, prow);
+    w->delta = mattn__carve(&cv, sizeof *w->delta, prow);
+    w->row = mattn__carve(&cv, sizeof *w->row, prow);
+    w->active = mattn__carve(&cv, sizeof *w->active, rows);
+    w->tile = mattn__carve(&cv, sizeof *w->tile, rows);
+    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
+    w->dp = mattn__carve(&cv, sizeof *w->dp, rows * bkv);
+    w->w = mattn__carve(&cv, sizeof *w->w, p->dropout_p > 0.0f ? rows * bkv : 0);
+    w->capf = mattn__carve(&cv, sizeof *w->capf, p->softcap > 0.0f ? rows * bkv : 0);
+    w->dk = mattn__carve(&cv, sizeof *w->dk, bkv * D);
+    w->dv = mattn__carve(&cv, sizeof *w->dv, bkv * Dv);
+    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
+    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
+    w->cur = mattn__carve(&cv, sizeof *w->cur, (size_t)(info->nkb * c->nl));
+    w->state = mattn__carve(&cv, sizeof *w->state, (size_t)c->nl);
+    return cv.off;
 }
 
 /* The transpose of the info's rows, in one scratch block (*mem). Filling by
@@ -128,8 +122,8 @@ static size_t sbwd_layout(const sbwd_ctx *c, char *base, sbwd_ws *w)
 static int cols_build(const mattn_splash_info *info, sbwd_cols *cols, void **mem)
 {
     int64_t ncol = info->heads * info->nkb, nnz = info->row_start[info->heads * info->nqb];
-    size_t a = align64(sizeof(int64_t) * (size_t)(ncol + 1)),
-           b = align64(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
+    size_t a = mattn__align64(sizeof(int64_t) * (size_t)(ncol + 1)),
+           b = mattn__align64(sizeof(int32_t) * (size_t)(nnz > 0 ? nnz : 1));
     char *m = mattn__scratch_get(a + 2 * b);
     *mem = m;
     if (m == NULL)

@@ -56,37 +56,32 @@ typedef struct splash_ws {
     int32_t *state; /* per list: tile id of the current kv block, -1 FULL, STATE_EMPTY */
 } splash_ws;
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
+/* With w NULL only sizes the workspace. */
 static size_t splash_ws_layout(const splash_ctx *c, char *base, splash_ws *w)
 {
     const mattn__problem *p = c->p;
-    size_t off = 0, rows = (size_t)c->rows_max, bkv = (size_t)c->info->bkv;
+    size_t rows = (size_t)c->rows_max, bkv = (size_t)c->info->bkv;
     size_t lists = (size_t)c->gs;
-#define CARVE(field, type, count)                              \
-    do {                                                       \
-        if (w)                                                 \
-            w->field = (type *)(base + off);                   \
-        off += align64(sizeof(type) * (size_t)(count));        \
-    } while (0)
-    CARVE(q, float, rows * (size_t)p->D);
-    CARVE(s, float, rows * bkv);
-    CARVE(acc, float, rows * (size_t)p->Dv);
-    CARVE(m, float, rows);
-    CARVE(l, float, rows);
-    CARVE(kbuf, float, mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * (size_t)p->D);
-    CARVE(vbuf, float, mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * (size_t)p->Dv);
-    CARVE(row, mattn__row, rows);
-    CARVE(kbs, const int32_t *, lists);
-    CARVE(tls, const int32_t *, lists);
-    CARVE(cnt, int64_t, lists);
-    CARVE(cur, int64_t, lists);
-    CARVE(state, int32_t, lists);
-#undef CARVE
-    return off;
+    size_t kbuf_n = mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * (size_t)p->D;
+    size_t vbuf_n = mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * (size_t)p->Dv;
+    mattn__carver cv = {base, 0};
+    splash_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->q = mattn__carve(&cv, sizeof *w->q, rows * (size_t)p->D);
+    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
+    w->acc = mattn__carve(&cv, sizeof *w->acc, rows * (size_t)p->Dv);
+    w->m = mattn__carve(&cv, sizeof *w->m, rows);
+    w->l = mattn__carve(&cv, sizeof *w->l, rows);
+    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
+    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
+    w->row = mattn__carve(&cv, sizeof *w->row, rows);
+    w->kbs = mattn__carve(&cv, sizeof *w->kbs, lists);
+    w->tls = mattn__carve(&cv, sizeof *w->tls, lists);
+    w->cnt = mattn__carve(&cv, sizeof *w->cnt, lists);
+    w->cur = mattn__carve(&cv, sizeof *w->cur, lists);
+    w->state = mattn__carve(&cv, sizeof *w->state, lists);
+    return cv.off;
 }
 
 /* The next kv block present in any list (-1 when all are exhausted), with

@@ -48,37 +48,29 @@ typedef struct vbwd_ws {
     float *lse, *delta;   /* [panel] */
 } vbwd_ws;
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
+/* With w NULL only sizes the workspace. */
 static size_t vbwd_layout(const vbwd_ctx *c, char *base, vbwd_ws *w)
 {
     const mattn__problem *p = c->p;
-    size_t off = 0, n = (size_t)c->panel, S = (size_t)p->S, D = (size_t)p->D,
-           Dv = (size_t)p->Dv;
-#define CARVE(field, count)                                \
-    do {                                                   \
-        if (w)                                             \
-            w->field = (float *)(base + off);              \
-        off += align64(sizeof(float) * (size_t)(count));   \
-    } while (0)
-    CARVE(dk, S * D);
-    CARVE(dv, S * Dv);
-    CARVE(k, c->dense_k ? S * D : 0);
-    CARVE(v, c->dense_v ? S * Dv : 0);
-    CARVE(q, n * D);
-    CARVE(dout, n * Dv);
-    CARVE(dq, n * D);
-    CARVE(s, n * S);
-    CARVE(dp, n * S);
-    CARVE(w, p->dropout_p > 0.0f ? n * S : 0);
-    CARVE(capf, p->softcap > 0.0f ? n * S : 0);
-    CARVE(lse, n);
-    CARVE(delta, n);
-#undef CARVE
-    return off;
+    size_t n = (size_t)c->panel, S = (size_t)p->S, D = (size_t)p->D, Dv = (size_t)p->Dv;
+    mattn__carver cv = {base, 0};
+    vbwd_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->dk = mattn__carve(&cv, sizeof *w->dk, S * D);
+    w->dv = mattn__carve(&cv, sizeof *w->dv, S * Dv);
+    w->k = mattn__carve(&cv, sizeof *w->k, c->dense_k ? S * D : 0);
+    w->v = mattn__carve(&cv, sizeof *w->v, c->dense_v ? S * Dv : 0);
+    w->q = mattn__carve(&cv, sizeof *w->q, n * D);
+    w->dout = mattn__carve(&cv, sizeof *w->dout, n * Dv);
+    w->dq = mattn__carve(&cv, sizeof *w->dq, n * D);
+    w->s = mattn__carve(&cv, sizeof *w->s, n * S);
+    w->dp = mattn__carve(&cv, sizeof *w->dp, n * S);
+    w->w = mattn__carve(&cv, sizeof *w->w, p->dropout_p > 0.0f ? n * S : 0);
+    w->capf = mattn__carve(&cv, sizeof *w->capf, p->softcap > 0.0f ? n * S : 0);
+    w->lse = mattn__carve(&cv, sizeof *w->lse, n);
+    w->delta = mattn__carve(&cv, sizeof *w->delta, n);
+    return cv.off;
 }
 
 static void vbwd_panel(const vbwd_ctx *c, vbwd_ws *w, int64_t b, int64_t h, int64_t i0,

@@ -19,6 +19,7 @@
 
 #include "core/merge.h"
 #include "core/parallel.h"
+#include "core/scratch.h"
 #include "kernels/kernels.h"
 #include "ring/ring.h"
 
@@ -33,11 +34,6 @@
 static int64_t ceil_div(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
-}
-
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
 }
 
 int64_t mattn__ring_piece_rows(const mattn__problem *b, int64_t kv_len_max)
@@ -61,11 +57,11 @@ static int64_t count_pieces(const mattn__runs *q, int64_t piece)
 
 size_t mattn__ring_acc_bytes(const mattn__problem *b, const mattn__runs *q, int64_t piece)
 {
-    size_t bytes = align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
-    bytes += align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
+    size_t bytes = mattn__align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
+    bytes += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
     if (b->lse == NULL)
-        bytes += align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
-    return bytes + align64((size_t)count_pieces(q, piece));
+        bytes += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
+    return bytes + mattn__align64((size_t)count_pieces(q, piece));
 }
 
 void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b,
@@ -79,14 +75,14 @@ void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b,
     a->piece = piece;
     a->n_pieces = count_pieces(q, piece);
     a->o_part = (float *)ws;
-    ws += align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
+    ws += mattn__align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
     a->lse_part = (float *)ws;
-    ws += align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
+    ws += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
     if (b->lse) {
         a->lse = b->lse; /* [B, Hq, T] contiguous (mattn__problem_init) */
     } else {
         a->lse = (float *)ws;
-        ws += align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
+        ws += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
     }
     a->started = (uint8_t *)ws;
     memset(a->started, 0, (size_t)a->n_pieces);

@@ -36,11 +36,6 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static size_t align64(size_t n)
-{
-    return (n + 63) & ~(size_t)63;
-}
-
 /* ---------------------------------------------------------------- transports */
 
 static int overlap_start(mattn__wire *w)
@@ -124,14 +119,14 @@ int mattn__wire_init(mattn__wire *w, MPI_Comm comm, mattn_ring_comm mode, int sk
     w->B = p->B, w->H = p->Hkv, w->cap = cap, w->D = p->D, w->Dv = p->Dv;
     w->has_seg = p->kv_seg != NULL;
     size_t rows = (size_t)(w->B * w->H * cap);
-    w->off_v = align64(sizeof(float) * rows * (size_t)w->D);
-    w->off_seg = w->off_v + align64(sizeof(float) * rows * (size_t)w->Dv);
+    w->off_v = mattn__align64(sizeof(float) * rows * (size_t)w->D);
+    w->off_seg = w->off_v + mattn__align64(sizeof(float) * rows * (size_t)w->Dv);
     size_t end = w->off_seg + (w->has_seg ? sizeof(int32_t) * (size_t)(w->B * cap) : 0);
     w->grads = grads;
     if (grads) {
         /* dK | dV start on a unit boundary: the last hop sends only them. */
         w->off_dk = (end + WIRE_UNIT - 1) / WIRE_UNIT * WIRE_UNIT;
-        w->off_dv = w->off_dk + align64(sizeof(float) * rows * (size_t)w->D);
+        w->off_dv = w->off_dk + mattn__align64(sizeof(float) * rows * (size_t)w->D);
         end = w->off_dv + sizeof(float) * rows * (size_t)w->Dv;
     }
     w->bytes = (end + WIRE_UNIT - 1) / WIRE_UNIT * WIRE_UNIT;
