@@ -1,7 +1,9 @@
 /* Decode bandwidth: GB/s of K/V bytes actually read (the cost estimate's
  * kv_bytes) for a DRAM-sized cache, beside a STREAM-style triad measured in
  * the same run at the same thread count (issue #6: decode >= 0.7 x triad;
- * paged within 1.1x of contiguous ragged).
+ * paged within 1.1x of contiguous ragged). A plain read of K and V in
+ * address order ("read") and in the paged runs' shuffled page order
+ * ("read/N") shows what the memory system itself gives each access order.
  *
  * Default problem: B=8, S=32768, Hkv=8, Hq=32, D=Dv=128: K and V are 1 GiB
  * each. The paged runs reuse the same memory as a pool of pages with a
@@ -93,20 +95,60 @@ static timing time_ragged(const problem *p, int threads, int reps)
     return best;
 }
 
-static timing time_paged(const problem *p, int64_t ps, int threads, int reps)
+/* Page ids 0..npages-1 in a fixed shuffled order: pages read out of order. */
+static int32_t *shuffled_pages(int64_t npages)
 {
-    int64_t per_seq = p->S / ps, npages = p->B * per_seq;
     int32_t *table = malloc(sizeof(int32_t) * (size_t)npages);
-    int32_t *lens = malloc(sizeof(int32_t) * (size_t)p->B), *cu = malloc(sizeof(int32_t) * (size_t)(p->B + 1));
     uint64_t s = 12345;
     for (int64_t i = 0; i < npages; i++)
         table[i] = (int32_t)i;
-    for (int64_t i = npages - 1; i > 0; i--) { /* shuffled: pages read out of order */
+    for (int64_t i = npages - 1; i > 0; i--) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         int64_t j = (int64_t)(s % (uint64_t)(i + 1));
         int32_t t = table[i];
         table[i] = table[j], table[j] = t;
     }
+    return table;
+}
+
+/* Seconds for a plain read of K and V (sum of every float) in blocks of
+ * `block` floats visited in `order` (NULL: in address order): what the
+ * memory system gives a paged read with no kernel in the way. Best of reps. */
+static double time_read(const problem *p, int64_t block, const int32_t *order, int threads,
+                        int reps)
+{
+    int64_t nblocks = p->B * p->S * p->Hkv * p->D / block;
+    double best = 1e30, sum = 0.0;
+    for (int r = 0; r < reps + 1; r++) {
+        double t0 = bench_now();
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sum)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const float *k = p->k + (order ? order[b] : b) * block;
+            const float *v = p->v + (order ? order[b] : b) * block;
+            float acc[32] = {0}; /* independent sums: bound by memory, not add latency */
+            int64_t i = 0;
+            for (; i + 32 <= block; i += 32)
+                for (int j = 0; j < 32; j++)
+                    acc[j] += k[i + j] + v[i + j];
+            for (; i < block; i++)
+                acc[0] += k[i] + v[i];
+            for (int j = 0; j < 32; j++)
+                sum += acc[j];
+        }
+        double t = bench_now() - t0;
+        if (r > 0 && t < best)
+            best = t;
+    }
+    volatile double sink = sum;
+    (void)sink;
+    return best;
+}
+
+static timing time_paged(const problem *p, int64_t ps, int threads, int reps)
+{
+    int64_t per_seq = p->S / ps, npages = p->B * per_seq;
+    int32_t *table = shuffled_pages(npages);
+    int32_t *lens = malloc(sizeof(int32_t) * (size_t)p->B), *cu = malloc(sizeof(int32_t) * (size_t)(p->B + 1));
     for (int64_t b = 0; b <= p->B; b++)
         cu[b] = (int32_t)b;
     for (int64_t b = 0; b < p->B; b++)
@@ -188,6 +230,9 @@ int main(int argc, char **argv)
         /* triad arrays of 1/8 of the cache each: well beyond every cache level */
         double tri = triad_gbs(nkv / 8, th, reps);
         printf("%-8d %-12s %10s %10.1f %12s %10s\n", th, "triad", "-", tri, "-", "1.00");
+        double rd = time_read(&p, p.S * p.Hkv * p.D, NULL, th, reps);
+        printf("%-8d %-12s %10.2f %10.1f %12s %10.2f  (ratio: x triad)\n", th, "read",
+               rd * 1e3, (double)cost.kv_bytes / rd / 1e9, "-", (double)cost.kv_bytes / rd / 1e9 / tri);
         timing tr = time_ragged(&p, th, reps);
         double gr = (double)cost.kv_bytes / tr.wall / 1e9;
         printf("%-8d %-12s %10.2f %10.1f %12.0f %10.2f %11.1f  (ratio: x triad)\n", th, "ragged",
@@ -206,6 +251,13 @@ int main(int argc, char **argv)
             printf("%-8d %-12s %10.2f %10.1f %12.0f %10.2f %11.1f  (ratio: time / ragged)\n", th,
                    name, tp.wall * 1e3, gp, (double)p.B / tp.wall, tp.wall / tr.wall,
                    (double)cost.kv_bytes * th / tp.cpu / 1e9);
+            /* the same pages read plainly, out of order: the memory system's share */
+            int32_t *order = shuffled_pages(p.B * p.S / ps);
+            double rp = time_read(&p, ps * p.Hkv * p.D, order, th, reps);
+            free(order);
+            snprintf(name, sizeof name, "read/%lld", (long long)ps);
+            printf("%-8d %-12s %10.2f %10.1f %12s %10.2f  (ratio: time / read)\n", th, name,
+                   rp * 1e3, (double)cost.kv_bytes / rp / 1e9, "-", rp / rd);
         }
     }
     free(p.q), free(p.o), free(p.k), free(p.v), free(p.ends);
