@@ -5,7 +5,44 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/scratch.h"
+#include "kernels/blockwise.h"
 #include "kernels/rows_bwd.h"
+
+size_t mattn__bwd_ws_layout(const mattn__problem *p, const mattn__bwd_ws_shape *s, char *base,
+                            mattn__bwd_ws *w)
+{
+    size_t prow = (size_t)s->prow, rows = (size_t)s->rows_max, bkv = (size_t)s->bkv,
+           D = (size_t)p->D, Dv = (size_t)p->Dv;
+    size_t kbuf_n = mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * D;
+    size_t vbuf_n = mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * Dv;
+    mattn__carver cv = {base, 0};
+    mattn__bwd_ws sizing;
+    if (w == NULL)
+        w = &sizing;
+    w->q = mattn__carve(&cv, sizeof *w->q, prow * D);
+    w->dout = mattn__carve(&cv, sizeof *w->dout, prow * Dv);
+    w->dq = mattn__carve(&cv, sizeof *w->dq, s->nsplit > 1 ? 0 : prow * D);
+    w->lse = mattn__carve(&cv, sizeof *w->lse, prow);
+    w->delta = mattn__carve(&cv, sizeof *w->delta, prow);
+    w->row = mattn__carve(&cv, sizeof *w->row, prow);
+    w->active = mattn__carve(&cv, sizeof *w->active, rows);
+    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
+    w->dp = mattn__carve(&cv, sizeof *w->dp, rows * bkv);
+    w->w = mattn__carve(&cv, sizeof *w->w, p->dropout_p > 0.0f ? rows * bkv : 0);
+    w->capf = mattn__carve(&cv, sizeof *w->capf, p->softcap > 0.0f ? rows * bkv : 0);
+    w->dk = mattn__carve(&cv, sizeof *w->dk, bkv * D);
+    w->dv = mattn__carve(&cv, sizeof *w->dv, bkv * Dv);
+    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
+    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
+    /* one kernel's own pieces; NULL tells the shared step a piece is absent */
+    w->qb_lo = s->nqb > 0 ? mattn__carve(&cv, sizeof *w->qb_lo, (size_t)s->nqb) : NULL;
+    w->qb_hi = s->nqb > 0 ? mattn__carve(&cv, sizeof *w->qb_hi, (size_t)s->nqb) : NULL;
+    w->tile = s->tiles > 0 ? mattn__carve(&cv, sizeof *w->tile, (size_t)s->tiles) : NULL;
+    w->cur = s->ncur > 0 ? mattn__carve(&cv, sizeof *w->cur, (size_t)s->ncur) : NULL;
+    w->state = s->nstate > 0 ? mattn__carve(&cv, sizeof *w->state, (size_t)s->nstate) : NULL;
+    return cv.off;
+}
 
 void mattn__bwd_gather_rows(const mattn__problem *p, const mattn__grad *g,
                             const mattn__bwd_prep *prep, mattn__bwd_ws *w, int64_t b,

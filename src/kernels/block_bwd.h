@@ -5,6 +5,7 @@
 #ifndef MATTN_KERNELS_BLOCK_BWD_H
 #define MATTN_KERNELS_BLOCK_BWD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/problem.h"
@@ -27,6 +28,20 @@ typedef struct mattn__bwd_ws {
     int64_t *cur;             /* splash: [nkb, nl] column cursors */
     int32_t *state;           /* splash: [nl] */
 } mattn__bwd_ws;
+
+/* What one worker's workspace must hold: panels of prow rows, pairs of
+ * rows_max x bkv, dq rows in the workspace only when nsplit == 1, and the
+ * pieces of one kernel (0 for the other's, whose pointers stay NULL). */
+typedef struct mattn__bwd_ws_shape {
+    int64_t prow, rows_max, bkv, nsplit;
+    int64_t nqb;          /* flash: q blocks per panel (qb_lo, qb_hi) */
+    int64_t tiles;        /* splash: rows with a mask tile pointer (tile) */
+    int64_t ncur, nstate; /* splash: column cursors, list states */
+} mattn__bwd_ws_shape;
+
+/* Bytes of that workspace; with w not NULL also carves it out of base. */
+size_t mattn__bwd_ws_layout(const mattn__problem *p, const mattn__bwd_ws_shape *s, char *base,
+                            mattn__bwd_ws *w);
 
 /* Gathers panel rows r = tt * group + gi for positions t0..t0+tn of batch b
  * and the q heads of kv head hk: scaled q, dO, lse, D_i and row contexts. */

@@ -86,35 +86,12 @@ typedef mattn__bwd_ws sbwd_ws;
 /* With w NULL only sizes the workspace. */
 static size_t sbwd_layout(const sbwd_ctx *c, char *base, sbwd_ws *w)
 {
-    const mattn__problem *p = c->p;
     const mattn_splash_info *info = c->info;
-    size_t prow = (size_t)(c->panel_qb * info->bq * p->group), rows = (size_t)c->rows_max,
-           bkv = (size_t)info->bkv, D = (size_t)p->D, Dv = (size_t)p->Dv;
-    size_t kbuf_n = mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * D;
-    size_t vbuf_n = mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * Dv;
-    mattn__carver cv = {base, 0};
-    sbwd_ws sizing;
-    if (w == NULL)
-        w = &sizing;
-    w->q = mattn__carve(&cv, sizeof *w->q, prow * D);
-    w->dout = mattn__carve(&cv, sizeof *w->dout, prow * Dv);
-    w->dq = mattn__carve(&cv, sizeof *w->dq, c->nsplit > 1 ? 0 : prow * D);
-    w->lse = mattn__carve(&cv, sizeof *w->lse, prow);
-    w->delta = mattn__carve(&cv, sizeof *w->delta, prow);
-    w->row = mattn__carve(&cv, sizeof *w->row, prow);
-    w->active = mattn__carve(&cv, sizeof *w->active, rows);
-    w->tile = mattn__carve(&cv, sizeof *w->tile, rows);
-    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
-    w->dp = mattn__carve(&cv, sizeof *w->dp, rows * bkv);
-    w->w = mattn__carve(&cv, sizeof *w->w, p->dropout_p > 0.0f ? rows * bkv : 0);
-    w->capf = mattn__carve(&cv, sizeof *w->capf, p->softcap > 0.0f ? rows * bkv : 0);
-    w->dk = mattn__carve(&cv, sizeof *w->dk, bkv * D);
-    w->dv = mattn__carve(&cv, sizeof *w->dv, bkv * Dv);
-    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
-    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
-    w->cur = mattn__carve(&cv, sizeof *w->cur, (size_t)(info->nkb * c->nl));
-    w->state = mattn__carve(&cv, sizeof *w->state, (size_t)c->nl);
-    return cv.off;
+    const mattn__bwd_ws_shape shape = {.prow = c->panel_qb * info->bq * c->p->group,
+                                       .rows_max = c->rows_max, .bkv = info->bkv,
+                                       .nsplit = c->nsplit, .tiles = c->rows_max,
+                                       .ncur = info->nkb * c->nl, .nstate = c->nl};
+    return mattn__bwd_ws_layout(c->p, &shape, base, w);
 }
 
 /* The transpose of the info's rows, in one scratch block (*mem). Filling by
