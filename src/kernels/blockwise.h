@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/problem.h"
+#include "core/scratch.h"
+#include "kernels/rows.h"
 #include "kernels/vecmath.h"
 
 /* A sink is a logit with no value (SPEC §4): the row starts with it. */
@@ -75,6 +78,33 @@ static inline const float *mattn__block_rows(const float *base, int64_t stride, 
         memcpy(buf + j * dim, base + j * stride, sizeof(float) * (size_t)dim);
     *ld = dim;
     return buf;
+}
+
+/* One worker's rows of a blockwise forward kernel (flash, splash): rows q
+ * rows against blocks of bkv keys. */
+typedef struct mattn__fwd_ws {
+    float *q;    /* [rows, D] scaled q rows */
+    float *s;    /* [rows, bkv] logits, then probabilities */
+    float *acc;  /* [rows, Dv] unnormalised output */
+    float *m, *l;
+    float *kbuf; /* [bkv, D] K block when K rows are not BLAS-addressable */
+    float *vbuf; /* [bkv, Dv] */
+    mattn__row *row;
+} mattn__fwd_ws;
+
+/* Carves w's pieces from cv (sizes only while cv has no base). */
+static inline void mattn__fwd_ws_carve(const mattn__problem *p, int64_t rows, int64_t bkv,
+                                       mattn__carver *cv, mattn__fwd_ws *w)
+{
+    size_t n = (size_t)rows, b = (size_t)bkv, D = (size_t)p->D, Dv = (size_t)p->Dv;
+    w->q = mattn__carve(cv, sizeof *w->q, n * D);
+    w->s = mattn__carve(cv, sizeof *w->s, n * b);
+    w->acc = mattn__carve(cv, sizeof *w->acc, n * Dv);
+    w->m = mattn__carve(cv, sizeof *w->m, n);
+    w->l = mattn__carve(cv, sizeof *w->l, n);
+    w->kbuf = mattn__carve(cv, sizeof *w->kbuf, mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : b * D);
+    w->vbuf = mattn__carve(cv, sizeof *w->vbuf, mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : b * Dv);
+    w->row = mattn__carve(cv, sizeof *w->row, n);
 }
 
 #endif

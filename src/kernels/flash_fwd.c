@@ -23,6 +23,7 @@
 #include "core/positions.h"
 #include "core/scratch.h"
 #include "core/status.h"
+#include "kernels/blockwise.h"
 #include "kernels/kernels.h"
 #include "kernels/rows.h"
 #include "kernels/vecmath.h"
@@ -43,51 +44,15 @@ typedef struct flash_ctx {
 } flash_ctx;
 
 /* Workspace carve-up, in floats unless said otherwise. */
-typedef struct flash_ws {
-    float *q;    /* [rows, D] scaled q rows */
-    float *s;    /* [rows, bkv] logits, then probabilities */
-    float *acc;  /* [rows, Dv] unnormalised output */
-    float *m, *l;
-    float *kbuf; /* [bkv, D] K block when k rows are not BLAS-addressable */
-    float *vbuf; /* [bkv, Dv] */
-    mattn__row *row;
-} flash_ws;
+typedef mattn__fwd_ws flash_ws;
 
 /* With w NULL only sizes the workspace. */
 static size_t flash_ws_layout(const flash_ctx *c, char *base, flash_ws *w)
 {
-    const mattn__problem *p = c->p;
-    size_t rows = (size_t)c->rows_max, bkv = (size_t)c->bkv;
-    size_t kbuf_n = p->k_ss < p->D || p->k_ss > INT32_MAX ? bkv * (size_t)p->D : 0;
-    size_t vbuf_n = p->v_ss < p->Dv || p->v_ss > INT32_MAX ? bkv * (size_t)p->Dv : 0;
     mattn__carver cv = {base, 0};
     flash_ws sizing;
-    if (w == NULL)
-        w = &sizing;
-    w->q = mattn__carve(&cv, sizeof *w->q, rows * (size_t)p->D);
-    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
-    w->acc = mattn__carve(&cv, sizeof *w->acc, rows * (size_t)p->Dv);
-    w->m = mattn__carve(&cv, sizeof *w->m, rows);
-    w->l = mattn__carve(&cv, sizeof *w->l, rows);
-    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
-    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
-    w->row = mattn__carve(&cv, sizeof *w->row, rows);
+    mattn__fwd_ws_carve(c->p, c->rows_max, c->bkv, &cv, w ? w : &sizing);
     return cv.off;
-}
-
-/* K (or V) rows j0.. of one head as a row-major matrix with leading dim *ld:
- * directly when the sequence stride allows it, else copied into buf. */
-static const float *block_rows(const float *base, int64_t stride, int64_t dim,
-                               int64_t n, float *buf, int64_t *ld)
-{
-    if (stride >= dim && stride <= INT32_MAX) {
-        *ld = stride;
-        return base;
-    }
-    for (int64_t j = 0; j < n; j++)
-        memcpy(buf + j * dim, base + j * stride, sizeof(float) * (size_t)dim);
-    *ld = dim;
-    return buf;
 }
 
 static void flash_task(void *vctx, int64_t task, int worker)
@@ -138,8 +103,8 @@ static void flash_task(void *vctx, int64_t task, int worker)
             continue;
 
         int64_t ldk, ldv;
-        const float *kb = block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh,
-                                     p->k_ss, D, jn, w.kbuf, &ldk);
+        const float *kb = mattn__block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh,
+                                            p->k_ss, D, jn, w.kbuf, &ldk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)jn, (int)D,
                     1.0f, w.q, (int)D, kb, (int)ldk, 0.0f, w.s, (int)bkv);
 
@@ -171,8 +136,8 @@ static void flash_task(void *vctx, int64_t task, int worker)
                 mattn__row_dropout(p, vm, row, s, j0, jn);
         }
 
-        const float *vb = block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh,
-                                     p->v_ss, Dv, jn, w.vbuf, &ldv);
+        const float *vb = mattn__block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh,
+                                            p->v_ss, Dv, jn, w.vbuf, &ldv);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)Dv,
                     (int)jn, 1.0f, w.s, (int)bkv, vb, (int)ldv, 1.0f, w.acc, (int)Dv);
     }

@@ -46,9 +46,7 @@ typedef struct splash_ctx {
 } splash_ctx;
 
 typedef struct splash_ws {
-    float *q, *s, *acc, *m, *l;
-    float *kbuf, *vbuf;
-    mattn__row *row;
+    mattn__fwd_ws f; /* the rows, as in flash */
     /* One non-empty-block list per head of the slice (one in all when the
      * info is shared by all heads): its entries and a cursor into them. */
     const int32_t **kbs, **tls;
@@ -59,23 +57,12 @@ typedef struct splash_ws {
 /* With w NULL only sizes the workspace. */
 static size_t splash_ws_layout(const splash_ctx *c, char *base, splash_ws *w)
 {
-    const mattn__problem *p = c->p;
-    size_t rows = (size_t)c->rows_max, bkv = (size_t)c->info->bkv;
     size_t lists = (size_t)c->gs;
-    size_t kbuf_n = mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : bkv * (size_t)p->D;
-    size_t vbuf_n = mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : bkv * (size_t)p->Dv;
     mattn__carver cv = {base, 0};
     splash_ws sizing;
     if (w == NULL)
         w = &sizing;
-    w->q = mattn__carve(&cv, sizeof *w->q, rows * (size_t)p->D);
-    w->s = mattn__carve(&cv, sizeof *w->s, rows * bkv);
-    w->acc = mattn__carve(&cv, sizeof *w->acc, rows * (size_t)p->Dv);
-    w->m = mattn__carve(&cv, sizeof *w->m, rows);
-    w->l = mattn__carve(&cv, sizeof *w->l, rows);
-    w->kbuf = mattn__carve(&cv, sizeof *w->kbuf, kbuf_n);
-    w->vbuf = mattn__carve(&cv, sizeof *w->vbuf, vbuf_n);
-    w->row = mattn__carve(&cv, sizeof *w->row, rows);
+    mattn__fwd_ws_carve(c->p, c->rows_max, c->info->bkv, &cv, &w->f);
     w->kbs = mattn__carve(&cv, sizeof *w->kbs, lists);
     w->tls = mattn__carve(&cv, sizeof *w->tls, lists);
     w->cnt = mattn__carve(&cv, sizeof *w->cnt, lists);
@@ -127,20 +114,20 @@ static void splash_task(void *vctx, int64_t task, int worker)
     for (int64_t tt = 0; tt < tn; tt++) {
         for (int64_t g = 0; g < gn; g++) {
             int64_t r = tt * gn + g, h = hk * G + g0 + g;
-            mattn__row_init(p, b, h, t0 + tt, &w.row[r]);
+            mattn__row_init(p, b, h, t0 + tt, &w.f.row[r]);
             const float *src = p->q + b * p->q_sb + (t0 + tt) * p->q_st + h * p->q_sh;
-            float *dst = w.q + r * D;
+            float *dst = w.f.q + r * D;
             for (int64_t d = 0; d < D; d++)
                 dst[d] = src[d] * p->scale;
-            mattn__osm_start(p->sinks ? p->sinks[h] : -INFINITY, &w.m[r], &w.l[r]);
+            mattn__osm_start(p->sinks ? p->sinks[h] : -INFINITY, &w.f.m[r], &w.f.l[r]);
         }
-        const mattn__row *r0 = &w.row[tt * gn]; /* the range depends on the position only */
+        const mattn__row *r0 = &w.f.row[tt * gn]; /* the range depends on the position only */
         if (r0->lo < r0->hi) {
             jlo = r0->lo < jlo ? r0->lo : jlo;
             jhi = r0->hi > jhi ? r0->hi : jhi;
         }
     }
-    memset(w.acc, 0, sizeof(float) * (size_t)(rows * Dv));
+    memset(w.f.acc, 0, sizeof(float) * (size_t)(rows * Dv));
     for (int64_t li = 0; li < nl; li++) {
         w.cnt[li] = mattn_splash_info_row(info, c->per_head ? hk * G + g0 + li : 0, qb,
                                           &w.kbs[li], &w.tls[li]);
@@ -154,19 +141,19 @@ static void splash_task(void *vctx, int64_t task, int worker)
         int any = 0;
         for (int64_t r = 0; r < rows && !any; r++)
             any = w.state[c->per_head ? r % gn : 0] != STATE_EMPTY &&
-                  !mattn__row_misses(&w.row[r], j0, jn);
+                  !mattn__row_misses(&w.f.row[r], j0, jn);
         if (!any)
             continue;
 
         int64_t ldk, ldv;
         const float *kblk = mattn__block_rows(p->k + b * p->k_sb + j0 * p->k_ss + hk * p->k_sh,
-                                              p->k_ss, D, jn, w.kbuf, &ldk);
+                                              p->k_ss, D, jn, w.f.kbuf, &ldk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)jn, (int)D, 1.0f,
-                    w.q, (int)D, kblk, (int)ldk, 0.0f, w.s, (int)bkv);
+                    w.f.q, (int)D, kblk, (int)ldk, 0.0f, w.f.s, (int)bkv);
 
         for (int64_t r = 0; r < rows; r++) {
-            float *s = w.s + r * bkv;
-            const mattn__row *row = &w.row[r];
+            float *s = w.f.s + r * bkv;
+            const mattn__row *row = &w.f.row[r];
             int32_t st = w.state[c->per_head ? r % gn : 0];
             if (st == STATE_EMPTY || mattn__row_misses(row, j0, jn)) {
                 memset(s, 0, sizeof(float) * (size_t)jn);
@@ -179,22 +166,22 @@ static void splash_task(void *vctx, int64_t task, int worker)
                 for (int64_t j = 0; j < jn; j++)
                     s[j] = t[j] ? s[j] : -INFINITY;
             }
-            if (!mattn__osm_update(vm, s, jn, &w.m[r], &w.l[r], w.acc + r * Dv, Dv))
+            if (!mattn__osm_update(vm, s, jn, &w.f.m[r], &w.f.l[r], w.f.acc + r * Dv, Dv))
                 continue;
             if (p->dropout_p > 0.0f)
                 mattn__row_dropout(p, vm, row, s, j0, jn);
         }
 
         const float *vblk = mattn__block_rows(p->v + b * p->v_sb + j0 * p->v_ss + hk * p->v_sh,
-                                              p->v_ss, Dv, jn, w.vbuf, &ldv);
+                                              p->v_ss, Dv, jn, w.f.vbuf, &ldv);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)Dv, (int)jn, 1.0f,
-                    w.s, (int)bkv, vblk, (int)ldv, 1.0f, w.acc, (int)Dv);
+                    w.f.s, (int)bkv, vblk, (int)ldv, 1.0f, w.f.acc, (int)Dv);
     }
 
     for (int64_t tt = 0; tt < tn; tt++)
         for (int64_t g = 0; g < gn; g++) {
             int64_t r = tt * gn + g, h = hk * G + g0 + g;
-            mattn__osm_finish(w.acc + r * Dv, w.m[r], w.l[r], Dv,
+            mattn__osm_finish(w.f.acc + r * Dv, w.f.m[r], w.f.l[r], Dv,
                               p->o + b * p->o_sb + (t0 + tt) * p->o_st + h * p->o_sh,
                               p->lse ? p->lse + b * p->lse_sb + h * p->lse_sh + t0 + tt : NULL);
         }
