@@ -1,4 +1,5 @@
-/* Helpers shared by the CLI test programs (test_cli.c, test_cli_dist.c):
+/* Helpers shared by the CLI test programs (test_cli.c, test_cli_dist.c,
+ * test_cli_decode.c):
  * temporary directories, argument lists, running the command in-process
  * with captured output, writing problems as .npy files by hand and reading
  * outputs back. Every function is static: each program includes this once. */

@@ -12,85 +12,10 @@
  * - under MPI_COMM_WORLD (1-4 ranks): the cache split over the ranks gives
  *   the reference answer for each operator, and a bad input seen only by
  *   rank 0 fails every rank with the same status. */
-#include <errno.h>
-#include <ftw.h>
-#include <math.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "cli/cli.h"
-#include "cli/npy.h"
-#include "common/testlib.h"
+#include "test_cli_common.h"
 #include "test_decode_ref.h"
 
 /* ------------------------------------------------------------------ helpers */
-
-typedef struct tmpdir {
-    char path[64];
-} tmpdir;
-
-static tmpdir dir_make(void)
-{
-    tmpdir d;
-    snprintf(d.path, sizeof d.path, "/tmp/mattn-dec-XXXXXX");
-    if (mkdtemp(d.path) == NULL)
-        fail_msg("mkdtemp: %s", strerror(errno));
-    return d;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void dir_free(tmpdir *d)
-{
-    nftw(d->path, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-static const char *in_dir(const tmpdir *d, const char *name)
-{
-    static char buf[64][160];
-    static int next;
-    char *p = buf[next++ % 64];
-    snprintf(p, 160, "%s/%s", d->path, name);
-    return p;
-}
-
-static int exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-typedef struct argl {
-    char *v[128];
-    int n;
-} argl;
-
-static void arg(argl *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void arg(argl *a, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    assert_true(a->n < 127);
-    a->v[a->n++] = strdup(buf);
-}
-
-static void argl_free(argl *a)
-{
-    for (int x = 0; x < a->n; x++)
-        free(a->v[x]);
-    a->n = 0;
-}
 
 /* Appends the space-separated words of `words`. */
 static void args_split(argl *a, const char *words)
@@ -101,86 +26,10 @@ static void args_split(argl *a, const char *words)
     free(dup);
 }
 
-typedef struct cli_result {
-    int code;
-    char *out, *err;
-} cli_result;
-
-static cli_result cli_argl(MPI_Comm comm, const argl *a)
+/* float32 .npy written by hand (independent of the writer under test). */
+static void write_f32_hand(const char *path, int ndim, const int64_t *shape, const float *x)
 {
-    char *argv[130];
-    argv[0] = (char *)"mattn";
-    for (int x = 0; x < a->n; x++)
-        argv[x + 1] = a->v[x];
-    argv[a->n + 1] = NULL;
-    cli_result r = {0, NULL, NULL};
-    size_t on, en;
-    FILE *o = open_memstream(&r.out, &on), *e = open_memstream(&r.err, &en);
-    assert_non_null(o);
-    assert_non_null(e);
-    mattn__cli_set_streams(o, e);
-    r.code = mattn__cli_main(comm, a->n + 1, argv);
-    mattn__cli_set_streams(NULL, NULL);
-    fclose(o);
-    fclose(e);
-    return r;
-}
-
-static void cli_free(cli_result *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-static void expect_code(const cli_result *r, int code)
-{
-    if (r->code != code)
-        fail_msg("exit %d, expected %d\n--- stdout:\n%s--- stderr:\n%s", r->code, code, r->out,
-                 r->err);
-}
-
-static void expect_in(const char *text, const char *needle, const char *where)
-{
-    if (strstr(text, needle) == NULL)
-        fail_msg("%s lacks \"%s\":\n%s", where, needle, text);
-}
-
-static double report_value(const char *out, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\n%s: ", key);
-    const char *p = strstr(out, pat);
-    if (p == NULL)
-        fail_msg("no '%s:' line in\n%s", key, out);
-    return strtod(p + strlen(pat), NULL);
-}
-
-/* .npy written by hand (independent of the writer under test). */
-static void write_npy(const char *path, const char *descr, int ndim, const int64_t *shape,
-                      const void *data, size_t elsize)
-{
-    char header[512], dims[256] = "";
-    size_t count = 1;
-    for (int x = 0; x < ndim; x++) {
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld,", (long long)shape[x]);
-        count *= (size_t)shape[x];
-    }
-    int len = snprintf(header, sizeof header,
-                       "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }\n", descr, dims);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)len,
-                             (unsigned char)(len >> 8)};
-    assert_int_equal(fwrite(pre, 1, 10, f), 10);
-    assert_int_equal(fwrite(header, 1, (size_t)len, f), (size_t)len);
-    if (count)
-        assert_int_equal(fwrite(data, elsize, count, f), count);
-    assert_int_equal(fclose(f), 0);
-}
-
-static void write_f32(const char *path, int ndim, const int64_t *shape, const float *x)
-{
-    write_npy(path, "<f4", ndim, shape, x, 4);
+    write_npy_typed(path, "<f4", ndim, shape, x, 4);
 }
 
 /* int32 metadata, or int64 when wide (the command converts). */
@@ -191,26 +40,14 @@ static void write_ints(const char *path, int ndim, const int64_t *shape, const i
     for (int i = 0; i < ndim; i++)
         n *= shape[i];
     if (!wide) {
-        write_npy(path, "<i4", ndim, shape, x, 4);
+        write_npy_typed(path, "<i4", ndim, shape, x, 4);
         return;
     }
     int64_t *y = tl_alloc(sizeof(int64_t) * (size_t)(n + 1));
     for (int64_t i = 0; i < n; i++)
         y[i] = x[i];
-    write_npy(path, "<i8", ndim, shape, y, 8);
+    write_npy_typed(path, "<i8", ndim, shape, y, 8);
     free(y);
-}
-
-static float *read_output(const char *path, int ndim, const int64_t *shape)
-{
-    mattn__npy_array x;
-    if (mattn__npy_read(path, &x))
-        fail_msg("%s", mattn_last_error());
-    assert_int_equal(x.dtype, MATTN__NPY_F32);
-    assert_int_equal(x.ndim, ndim);
-    for (int i = 0; i < ndim; i++)
-        assert_int_equal(x.shape[i], shape[i]);
-    return x.data;
 }
 
 /* ------------------------------------------------------------------ contiguous problems */
@@ -255,9 +92,9 @@ static void ccase_write(const tmpdir *d, const ccase *c, int ar, int q4, int wid
     int64_t q3[3] = {c->B, c->Hq, c->D}, q4s[4] = {c->B, 1, c->Hq, c->D};
     int64_t ks[4] = {c->B, c->S, c->Hkv, c->D}, vs[4] = {c->B, c->S, c->Hkv, c->Dv};
     int64_t bs[1] = {c->B}, hs[1] = {c->Hq};
-    write_f32(in_dir(d, "q.npy"), q4 ? 4 : 3, q4 ? q4s : q3, c->q);
-    write_f32(in_dir(d, "k.npy"), 4, ks, c->k);
-    write_f32(in_dir(d, "v.npy"), 4, vs, c->v);
+    write_f32_hand(in_dir(d, "q.npy"), q4 ? 4 : 3, q4 ? q4s : q3, c->q);
+    write_f32_hand(in_dir(d, "k.npy"), 4, ks, c->k);
+    write_f32_hand(in_dir(d, "v.npy"), 4, vs, c->v);
     write_ints(in_dir(d, "starts.npy"), 1, bs, c->starts, wide);
     write_ints(in_dir(d, "ends.npy"), 1, bs, c->ends, wide);
     arg(a, "--q"), arg(a, "%s", in_dir(d, "q.npy"));
@@ -266,7 +103,7 @@ static void ccase_write(const tmpdir *d, const ccase *c, int ar, int q4, int wid
     arg(a, "--starts"), arg(a, "%s", in_dir(d, "starts.npy"));
     arg(a, ar ? "--index" : "--ends"), arg(a, "%s", in_dir(d, "ends.npy"));
     if (c->sinks) {
-        write_f32(in_dir(d, "sinks.npy"), 1, hs, c->sinks);
+        write_f32_hand(in_dir(d, "sinks.npy"), 1, hs, c->sinks);
         arg(a, "--sinks"), arg(a, "%s", in_dir(d, "sinks.npy"));
     }
     if (c->softcap > 0)
@@ -382,9 +219,9 @@ static void pcase_write(const tmpdir *d, const pcase *c, const mattn_paged_kv *k
     int64_t ks[4] = {kv->k_pages.batch, kv->k_pages.seq, c->Hkv, c->D};
     int64_t vs[4] = {kv->k_pages.batch, kv->k_pages.seq, c->Hkv, c->Dv};
     int64_t ts[2] = {c->ns, kv->max_pages}, ls[1] = {c->ns}, cs[1] = {c->ns + 1};
-    write_f32(in_dir(d, "q.npy"), 3, qs, c->q);
-    write_f32(in_dir(d, "kp.npy"), 4, ks, kv->k_pages.data);
-    write_f32(in_dir(d, "vp.npy"), 4, vs, kv->v_pages.data);
+    write_f32_hand(in_dir(d, "q.npy"), 3, qs, c->q);
+    write_f32_hand(in_dir(d, "kp.npy"), 4, ks, kv->k_pages.data);
+    write_f32_hand(in_dir(d, "vp.npy"), 4, vs, kv->v_pages.data);
     write_ints(in_dir(d, "table.npy"), 2, ts, kv->page_table, wide);
     write_ints(in_dir(d, "lens.npy"), 1, ls, kv->kv_lens, wide);
     write_ints(in_dir(d, "cu.npy"), 1, cs, c->cu, wide);
@@ -396,7 +233,7 @@ static void pcase_write(const tmpdir *d, const pcase *c, const mattn_paged_kv *k
     arg(a, "--cu-q-lens"), arg(a, "%s", in_dir(d, "cu.npy"));
     if (c->opts.sinks) {
         int64_t hs[1] = {c->Hq};
-        write_f32(in_dir(d, "sinks.npy"), 1, hs, c->opts.sinks);
+        write_f32_hand(in_dir(d, "sinks.npy"), 1, hs, c->opts.sinks);
         arg(a, "--sinks"), arg(a, "%s", in_dir(d, "sinks.npy"));
     }
     if (c->opts.softcap > 0)
