@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/dropout.h"
 #include "core/status.h"
 
 #define UNIT_ROUNDOFF (1.0 / 16777216.0)
@@ -82,24 +83,12 @@ static int allowed(const mattn__ref_problem *p, int64_t b, int64_t h, int64_t i,
     return 1;
 }
 
-static uint64_t mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 /* SPEC §4 dropout: keep iff u(seed, b, h, qp, kp) >= p, with global b and h. */
 static int kept(const mattn_options *o, int64_t b, int64_t h, int64_t qp, int64_t kp)
 {
-    uint64_t x = mix(o->dropout_seed ^ (uint64_t)(o->dropout_batch_offset + b));
-    x = mix(x ^ (uint64_t)(o->dropout_head_offset + h));
-    x = mix(x ^ (uint64_t)qp);
-    x = mix(x ^ (uint64_t)kp);
-    return (double)(x >> 40) / 16777216.0 >= (double)o->dropout_p;
+    uint64_t key = mattn__dropout_row_key(o->dropout_seed, o->dropout_batch_offset + b,
+                                          o->dropout_head_offset + h, qp);
+    return (double)mattn__dropout_u24(key, kp) / 16777216.0 >= (double)o->dropout_p;
 }
 
 /* |got - want| against a bound: the ratio, +inf for NaN or a nonzero error
