@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/parallel.h"
 #include "core/scratch.h"
 #include "kernels/blockwise.h"
 #include "kernels/rows_bwd.h"
@@ -115,4 +116,47 @@ void mattn__bwd_block_pair(const mattn__problem *p, const mattn__vecmath *vm, ma
     /* dK = scale dx^T Q = dx^T (scale Q): the panel holds scaled rows. */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)jn, (int)D, (int)rn, 1.0f, w->dp,
                 (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
+}
+
+#define BWD_REDUCE_CHUNK 256 /* positions per reduction task */
+
+typedef struct reduce_ctx {
+    const mattn__problem *p;
+    const mattn__grad *g;
+    const float *dq_part;
+    int64_t nsplit;
+} reduce_ctx;
+
+/* One (b, hk, chunk of positions) of mattn__bwd_reduce_dq. */
+static void reduce_task(void *vctx, int64_t task, int worker)
+{
+    (void)worker;
+    const reduce_ctx *c = vctx;
+    const mattn__problem *p = c->p;
+    const mattn__grad *g = c->g;
+    const int64_t G = p->group, D = p->D;
+    int64_t nchunk = (p->T + BWD_REDUCE_CHUNK - 1) / BWD_REDUCE_CHUNK;
+    int64_t bh = task / nchunk, t0 = task % nchunk * BWD_REDUCE_CHUNK;
+    int64_t t1 = t0 + BWD_REDUCE_CHUNK < p->T ? t0 + BWD_REDUCE_CHUNK : p->T;
+    int64_t b = bh / p->Hkv, hk = bh % p->Hkv;
+    size_t part = (size_t)(p->B * p->Hkv * p->T * G * D);
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t gi = 0; gi < G; gi++) {
+            const float *src = c->dq_part + (bh * p->T + t) * G * D + gi * D;
+            float *dst = g->dq + b * g->dq_sb + t * g->dq_st + (hk * G + gi) * g->dq_sh;
+            for (int64_t d = 0; d < D; d++) {
+                float sum = src[d];
+                for (int64_t s = 1; s < c->nsplit; s++)
+                    sum += src[(size_t)s * part + (size_t)d];
+                dst[d] = g->accumulate ? dst[d] + p->scale * sum : p->scale * sum;
+            }
+        }
+}
+
+void mattn__bwd_reduce_dq(const mattn__problem *p, const mattn__grad *g, const float *dq_part,
+                          int64_t nsplit, int threads)
+{
+    reduce_ctx c = {.p = p, .g = g, .dq_part = dq_part, .nsplit = nsplit};
+    int64_t nchunk = (p->T + BWD_REDUCE_CHUNK - 1) / BWD_REDUCE_CHUNK;
+    mattn__parallel_for(threads, p->B * p->Hkv * nchunk, reduce_task, &c);
 }

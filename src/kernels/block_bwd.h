@@ -59,4 +59,10 @@ void mattn__bwd_block_pair(const mattn__problem *p, const mattn__vecmath *vm, ma
                            const float *kb, int64_t ldk, const float *vb, int64_t ldv,
                            float *dq);
 
+/* dq = scale * (sum of the nsplit kv-range partials dq_part [nsplit][B, Hkv,
+ * T * group, D]) (added when g->accumulate), in parallel over (b, hk,
+ * position chunks); for kernels that split the kv range. */
+void mattn__bwd_reduce_dq(const mattn__problem *p, const mattn__grad *g, const float *dq_part,
+                          int64_t nsplit, int threads);
+
 #endif

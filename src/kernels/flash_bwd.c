@@ -179,35 +179,6 @@ static void fbwd_task(void *vctx, int64_t task, int worker)
     }
 }
 
-/* dq = scale * (sum of the kv-range partials), for one (b, hk, position
- * chunk); only when the kv ranges were split. */
-#define FBWD_REDUCE_CHUNK 256
-
-static void reduce_task(void *vctx, int64_t task, int worker)
-{
-    (void)worker;
-    const fbwd_ctx *c = vctx;
-    const mattn__problem *p = c->p;
-    const mattn__grad *g = c->g;
-    const int64_t G = p->group, D = p->D;
-    int64_t nchunk = (p->T + FBWD_REDUCE_CHUNK - 1) / FBWD_REDUCE_CHUNK;
-    int64_t bh = task / nchunk, t0 = task % nchunk * FBWD_REDUCE_CHUNK;
-    int64_t t1 = t0 + FBWD_REDUCE_CHUNK < p->T ? t0 + FBWD_REDUCE_CHUNK : p->T;
-    int64_t b = bh / p->Hkv, hk = bh % p->Hkv;
-    size_t part = (size_t)(p->B * p->Hkv * p->T * G * D);
-    for (int64_t t = t0; t < t1; t++)
-        for (int64_t gi = 0; gi < G; gi++) {
-            const float *src = c->dq_part + (bh * p->T + t) * G * D + gi * D;
-            float *dst = g->dq + b * g->dq_sb + t * g->dq_st + (hk * G + gi) * g->dq_sh;
-            for (int64_t d = 0; d < D; d++) {
-                float sum = src[d];
-                for (int64_t s = 1; s < c->nsplit; s++)
-                    sum += src[(size_t)s * part + (size_t)d];
-                dst[d] = g->accumulate ? dst[d] + p->scale * sum : p->scale * sum;
-            }
-        }
-}
-
 int mattn__flash_backward_kernel(const mattn__problem *p, const mattn__grad *g)
 {
     fbwd_ctx c = {.p = p, .g = g, .vm = mattn__vecmath_get()};
@@ -278,8 +249,7 @@ int mattn__flash_backward_kernel(const mattn__problem *p, const mattn__grad *g)
     mattn__parallel_for(threads, ntasks, fbwd_task, &c);
     mattn__blas_release();
     if (c.nsplit > 1)
-        mattn__parallel_for(threads, nbh * ((p->T + FBWD_REDUCE_CHUNK - 1) / FBWD_REDUCE_CHUNK),
-                            reduce_task, &c);
+        mattn__bwd_reduce_dq(p, g, c.dq_part, c.nsplit, threads);
 done:
     for (int i = 0; i < got; i++)
         mattn__scratch_put(ws[i]);
