@@ -135,3 +135,23 @@ int mattn__dist_agree(const mattn_mesh *m, int local_status, const mattn_dist_sh
     x[24] = (int64_t)op, x[25] = (int64_t)ro.comm, x[26] = ro.skip_comm != 0;
     return mattn__mesh_agree_values(m, local_status, x, names, N);
 }
+
+mattn_options mattn__dist_local_options(const mattn_options *opts, const mattn__dist *d)
+{
+    const mattn__problem *p = &d->local;
+    mattn_options lo = *opts;
+    lo.sinks = p->sinks;
+    lo.dropout_batch_offset = p->dropout_b0;
+    lo.dropout_head_offset = p->dropout_h0;
+    if (opts->mask.data) {
+        lo.mask.data = p->mask;
+        lo.mask.batch = opts->mask.batch == 1 ? 1 : d->shard.batch_count;
+        lo.mask.heads = opts->mask.heads == 1 ? 1 : d->shard.q_head_count;
+    }
+    if (opts->bias.data) {
+        lo.bias.data = p->bias;
+        lo.bias.batch = opts->bias.batch == 1 ? 1 : d->shard.batch_count;
+        lo.bias.heads = opts->bias.heads == 1 ? 1 : d->shard.q_head_count;
+    }
+    return lo;
+}

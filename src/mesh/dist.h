@@ -43,4 +43,8 @@ int mattn__dist_agree(const mattn_mesh *m, int local_status, const mattn_dist_sh
                       const mattn_tensor *q, const mattn_tensor *v, const mattn_options *opts,
                       mattn_op op, const mattn_ring_options *ring);
 
+/* The single-rank options of this rank's shard (d->local): sinks, dropout
+ * offsets, mask and bias sliced to the shard's batches and heads. */
+mattn_options mattn__dist_local_options(const mattn_options *opts, const mattn__dist *d);
+
 #endif

@@ -27,27 +27,6 @@ const char *mattn_op_name(mattn_op op)
     return "unknown";
 }
 
-/* The single-rank options of this rank's shard. */
-static mattn_options local_options(const mattn_options *opts, const mattn__dist *d)
-{
-    const mattn__problem *p = &d->local;
-    mattn_options lo = *opts;
-    lo.sinks = p->sinks;
-    lo.dropout_batch_offset = p->dropout_b0;
-    lo.dropout_head_offset = p->dropout_h0;
-    if (opts->mask.data) {
-        lo.mask.data = p->mask;
-        lo.mask.batch = opts->mask.batch == 1 ? 1 : d->shard.batch_count;
-        lo.mask.heads = opts->mask.heads == 1 ? 1 : d->shard.q_head_count;
-    }
-    if (opts->bias.data) {
-        lo.bias.data = p->bias;
-        lo.bias.batch = opts->bias.batch == 1 ? 1 : d->shard.batch_count;
-        lo.bias.heads = opts->bias.heads == 1 ? 1 : d->shard.q_head_count;
-    }
-    return lo;
-}
-
 int mattn_mesh_forward(const mattn_mesh *m, const mattn_dist_shape *shape, mattn_op op,
                        const mattn_tensor *q, const mattn_tensor *k, const mattn_tensor *v,
                        const mattn_tensor *o, float *lse, const mattn_options *opts,
@@ -83,7 +62,7 @@ int mattn_mesh_forward(const mattn_mesh *m, const mattn_dist_shape *shape, mattn
 
     mattn_kernel kernel = op == MATTN_OP_VANILLA ? MATTN_KERNEL_VANILLA : MATTN_KERNEL_FLASH;
     if (d.active) {
-        mattn_options lo = local_options(opts, &d);
+        mattn_options lo = mattn__dist_local_options(opts, &d);
         if (op == MATTN_OP_VANILLA)
             rc = mattn_vanilla_forward(q, k, v, o, lse, NULL, &lo);
         else if (op == MATTN_OP_FLASH)
@@ -138,7 +117,7 @@ int mattn_mesh_splash_forward(const mattn_mesh *m, const mattn_dist_shape *shape
         return rc;
 
     if (d.active) {
-        mattn_options lo = local_options(opts, &d);
+        mattn_options lo = mattn__dist_local_options(opts, &d);
         if (mask == NULL) {
             rc = mattn_splash_forward(q, k, v, o, lse, NULL, &lo);
         } else {

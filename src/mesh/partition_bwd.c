@@ -95,28 +95,6 @@ int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
 
 /* ---------------------------------------------------------------- partitioning */
 
-/* The single-rank options of this rank's shard: the same slicing as the
- * forward's (partition.c, local_options). */
-static mattn_options shard_options(const mattn_options *opts, const mattn__dist *d)
-{
-    const mattn__problem *p = &d->local;
-    mattn_options lo = *opts;
-    lo.sinks = p->sinks;
-    lo.dropout_batch_offset = p->dropout_b0;
-    lo.dropout_head_offset = p->dropout_h0;
-    if (opts->mask.data) {
-        lo.mask.data = p->mask;
-        lo.mask.batch = opts->mask.batch == 1 ? 1 : d->shard.batch_count;
-        lo.mask.heads = opts->mask.heads == 1 ? 1 : d->shard.q_head_count;
-    }
-    if (opts->bias.data) {
-        lo.bias.data = p->bias;
-        lo.bias.batch = opts->bias.batch == 1 ? 1 : d->shard.batch_count;
-        lo.bias.heads = opts->bias.heads == 1 ? 1 : d->shard.q_head_count;
-    }
-    return lo;
-}
-
 /* dbias: this rank's [lb, lh, T, S] placed in the zeroed global
  * [bias.batch, bias.heads, T, S], then summed over the mesh (sp = 1, so
  * every rank has whole T x S planes). */
@@ -196,7 +174,7 @@ int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, matt
         goto done;
 
     if (d.active) {
-        mattn_options lo = shard_options(opts, &d);
+        mattn_options lo = mattn__dist_local_options(opts, &d);
         if (op == MATTN_OP_VANILLA)
             rc = mattn_vanilla_backward(q, k, v, o, lse, dout, dq, dk, dv, ds_local, db_local,
                                         &lo);
