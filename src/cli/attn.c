@@ -13,6 +13,8 @@
 #include "core/status.h"
 
 const char *const mattn__op_names[] = {"vanilla", "sdpa", "flash", "splash", "ring"};
+const mattn_op mattn__op_mesh[] = {MATTN_OP_VANILLA, MATTN_OP_SDPA, MATTN_OP_FLASH,
+                                   MATTN_OP_SPLASH, MATTN_OP_RING};
 
 /* ------------------------------------------------------------------ options */
 
@@ -769,4 +771,12 @@ int mattn__attn_splash_mask(const mattn__attn_problem *p, const mattn_options *o
     }
     *mask = acc;
     return rc;
+}
+
+int mattn__attn_alloc_floats(float **x, int64_t n, const char *what)
+{
+    if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float) ||
+        (*x = malloc(n ? (size_t)n * sizeof(float) : 1)) == NULL)
+        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
+    return MATTN_OK;
 }

@@ -29,6 +29,8 @@
 enum { MATTN__OP_VANILLA, MATTN__OP_SDPA, MATTN__OP_FLASH, MATTN__OP_SPLASH, MATTN__OP_RING };
 #define MATTN__OP_WORDS "vanilla|sdpa|flash|splash|ring"
 extern const char *const mattn__op_names[];
+/* The library operator of each --op. */
+extern const mattn_op mattn__op_mesh[];
 /* --layout, --seq-layout, --comm, --mask-kind. */
 enum { MATTN__LAYOUT_BTHD, MATTN__LAYOUT_BHTD };
 enum { /* -1: --mask-kind not given, the mask is what the options say */
@@ -280,5 +282,8 @@ int mattn__attn_splash_mask(const mattn__attn_problem *p, const mattn_options *o
  * (MATTN_OK if none), with its message as mattn_last_error() ("rank r: ..."
  * for r > 0), so rank 0 can print it. */
 int mattn__attn_agree(MPI_Comm comm, int rc);
+
+/* *x = n floats (uninitialised), or MATTN_ERR_NOMEM naming `what`. */
+int mattn__attn_alloc_floats(float **x, int64_t n, const char *what);
 
 #endif

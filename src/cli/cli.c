@@ -45,6 +45,31 @@ int mattn__cli_agree_max(MPI_Comm comm, int code)
     return all;
 }
 
+int mattn__cli_agree_parse(MPI_Comm comm, int code, void (*print_help)(FILE *out))
+{
+    /* help is sent as 1: above ok (0), below every usage error */
+    int vote = mattn__cli_agree_max(comm, code == MATTN__CLI_HELP ? 1 : code);
+    code = vote == 1 ? MATTN__CLI_HELP : vote;
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    if (code == MATTN__CLI_HELP && rank == 0)
+        print_help(mattn__cli_out());
+    return code;
+}
+
+double mattn__cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int mattn__cli_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 int mattn__cli_root_code(MPI_Comm comm, int code)
 {
     int rank = 0, size = 1, value = code;

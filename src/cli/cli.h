@@ -49,6 +49,16 @@ void mattn__cli_set_streams(FILE *out, FILE *err);
 
 /* Every rank gets the largest of the ranks' codes (e.g. usage verdicts). */
 int mattn__cli_agree_max(MPI_Comm comm, int code);
+/* The parse verdict every rank acts on (ranks see the same argv unless a
+ * launcher mangles it): a usage error anywhere beats help, help beats ok.
+ * Prints the help on rank 0 when that is the verdict. Returns
+ * MATTN__CLI_EXIT_OK to go on, MATTN__CLI_HELP, or the usage exit code. */
+int mattn__cli_agree_parse(MPI_Comm comm, int code, void (*print_help)(FILE *out));
+
+/* Monotonic seconds, for timing repeated calls. */
+double mattn__cli_now(void);
+/* qsort order of doubles. */
+int mattn__cli_cmp_double(const void *a, const void *b);
 /* Every rank gets rank 0's code. Ranks other than 0 wait without spinning:
  * rank 0 may compute for minutes, and a blocking MPI wait would busy-poll a
  * core it needs. */

@@ -834,13 +834,6 @@ done:
 
 /* ------------------------------------------------------------------ compute */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int call_once(const mattn_mesh *mesh, int P, dec_problem *p, const mattn_options *base)
 {
     mattn_options o = *base;
@@ -873,12 +866,6 @@ static int call_once(const mattn_mesh *mesh, int P, dec_problem *p, const mattn_
                                        &o);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Warm-up and timed calls; every rank makes the same calls (the mesh
  * operators agree on the status, so all ranks stop together). */
 static int dec_compute(const dec_config *c, MPI_Comm comm, const mattn_mesh *mesh,
@@ -896,9 +883,9 @@ static int dec_compute(const dec_config *c, MPI_Comm comm, const mattn_mesh *mes
     for (int64_t x = 0; x < c->warmup + c->repeat && rc == MATTN_OK; x++) {
         if (P > 1)
             MPI_Barrier(comm);
-        double t0 = now_s();
+        double t0 = mattn__cli_now();
         rc = call_once(mesh, P, p, &o);
-        double dt = now_s() - t0;
+        double dt = mattn__cli_now() - t0;
         int warm = x < c->warmup;
         if (!warm)
             times[x - c->warmup] = dt;
@@ -908,7 +895,7 @@ static int dec_compute(const dec_config *c, MPI_Comm comm, const mattn_mesh *mes
                     warm ? c->warmup : c->repeat, dt);
     }
     if (rc == MATTN_OK) {
-        qsort(times, (size_t)c->repeat, sizeof *times, cmp_double);
+        qsort(times, (size_t)c->repeat, sizeof *times, mattn__cli_cmp_double);
         int64_t n = c->repeat;
         *best = times[0];
         *median = n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
@@ -1112,14 +1099,8 @@ int mattn__cli_decode(MPI_Comm comm, int argc, char **argv)
     MPI_Comm_rank(comm, &rank);
     dec_config c;
     int code = dec_parse(&c, argc, argv, rank == 0 ? mattn__cli_err() : NULL);
-    int vote = mattn__cli_agree_max(comm, code == MATTN__CLI_HELP ? 1 : code);
-    code = vote == 1 ? MATTN__CLI_HELP : vote;
-    if (code == MATTN__CLI_HELP) {
-        if (rank == 0)
-            print_help(mattn__cli_out());
-        return MATTN__CLI_EXIT_OK;
-    }
+    code = mattn__cli_agree_parse(comm, code, print_help);
     if (code != MATTN__CLI_EXIT_OK)
-        return code;
+        return code == MATTN__CLI_HELP ? MATTN__CLI_EXIT_OK : code;
     return dec_run(&c, comm);
 }

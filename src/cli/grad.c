@@ -152,14 +152,6 @@ static void state_free(grad_state *s)
     mattn__attn_problem_free(&s->p);
 }
 
-static int alloc_floats(float **x, int64_t n, const char *what)
-{
-    if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float) ||
-        (*x = malloc(n ? (size_t)n * sizeof(float) : 1)) == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
-    return MATTN_OK;
-}
-
 /* Rank 0: do, o, lse from their files (checked against the problem). */
 static int load_grad_inputs(const mattn__attn_config *c, grad_state *s)
 {
@@ -183,7 +175,7 @@ static int load_grad_inputs(const mattn__attn_config *c, grad_state *s)
     if (c->synthetic && s->l.mesh == NULL) { /* single rank: do made globally */
         int64_t n = p->B * p->T * p->Hq * p->Dv;
         float *d;
-        if ((rc = alloc_floats(&d, n, "do")))
+        if ((rc = mattn__attn_alloc_floats(&d, n, "do")))
             return rc;
         for (int64_t i = 0; i < n; i++)
             d[i] = mattn__attn_synth(c, 4, i);
@@ -204,11 +196,11 @@ static int grad_open(const mattn__attn_config *c, grad_state *s)
         s->tdo = mattn__attn_view(c, s->dout, B, T, Hq, Dv);
         s->o = s->go.data;
         s->lse = s->glse.data;
-        if ((!s->o && (rc = alloc_floats(&s->o, B * T * Hq * Dv, "o"))) ||
-            (!s->lse && (rc = alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
-            (rc = alloc_floats(&s->dq, B * T * Hq * D, "dq")) ||
-            (rc = alloc_floats(&s->dk, B * S * Hkv * D, "dk")) ||
-            (rc = alloc_floats(&s->dv, B * S * Hkv * Dv, "dv")))
+        if ((!s->o && (rc = mattn__attn_alloc_floats(&s->o, B * T * Hq * Dv, "o"))) ||
+            (!s->lse && (rc = mattn__attn_alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
+            (rc = mattn__attn_alloc_floats(&s->dq, B * T * Hq * D, "dq")) ||
+            (rc = mattn__attn_alloc_floats(&s->dk, B * S * Hkv * D, "dk")) ||
+            (rc = mattn__attn_alloc_floats(&s->dv, B * S * Hkv * Dv, "dv")))
             return rc;
         s->to = mattn__attn_view(c, s->o, B, T, Hq, Dv);
         s->tdq = mattn__attn_view(c, s->dq, B, T, Hq, D);
@@ -218,24 +210,24 @@ static int grad_open(const mattn__attn_config *c, grad_state *s)
         const mattn_shard *sh = &l->shard;
         if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->o, &s->to)) ||
             (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->dout, &s->tdo)) ||
-            (rc = alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len, "lse")) ||
+            (rc = mattn__attn_alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len, "lse")) ||
             (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, D, &s->dq, &s->tdq)) ||
             (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, D, &s->dk, &s->tdk)) ||
             (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, Dv, &s->dv, &s->tdv)))
             return rc;
         if (s->rank == 0 && (c->dq || c->dk || c->dv_out || c->check)) {
-            if ((rc = alloc_floats(&s->gdq, B * T * Hq * D, "the gathered dq")) ||
-                (rc = alloc_floats(&s->gdk, B * S * Hkv * D, "the gathered dk")) ||
-                (rc = alloc_floats(&s->gdv, B * S * Hkv * Dv, "the gathered dv")))
+            if ((rc = mattn__attn_alloc_floats(&s->gdq, B * T * Hq * D, "the gathered dq")) ||
+                (rc = mattn__attn_alloc_floats(&s->gdk, B * S * Hkv * D, "the gathered dk")) ||
+                (rc = mattn__attn_alloc_floats(&s->gdv, B * S * Hkv * Dv, "the gathered dv")))
                 return rc;
             s->tgdq = mattn__attn_view(c, s->gdq, B, T, Hq, D);
             s->tgdk = mattn__attn_view(c, s->gdk, B, S, Hkv, D);
             s->tgdv = mattn__attn_view(c, s->gdv, B, S, Hkv, Dv);
         }
     }
-    if ((c->dsinks || (c->check && c->sinks)) && (rc = alloc_floats(&s->dsinks, Hq, "dsinks")))
+    if ((c->dsinks || (c->check && c->sinks)) && (rc = mattn__attn_alloc_floats(&s->dsinks, Hq, "dsinks")))
         return rc;
-    if (c->dbias && (rc = alloc_floats(&s->dbias, p->bias_b * p->bias_h * T * S, "dbias")))
+    if (c->dbias && (rc = mattn__attn_alloc_floats(&s->dbias, p->bias_b * p->bias_h * T * S, "dbias")))
         return rc;
     s->path[G_DQ] = c->dq, s->path[G_DK] = c->dk, s->path[G_DV] = c->dv_out;
     s->path[G_DSINKS] = c->dsinks, s->path[G_DBIAS] = c->dbias;
@@ -263,16 +255,13 @@ static int grad_place(const mattn__attn_config *c, grad_state *s)
     return MATTN_OK;
 }
 
-static const mattn_op MESH_OP[] = {MATTN_OP_VANILLA, MATTN_OP_SDPA, MATTN_OP_FLASH,
-                                   MATTN_OP_SPLASH, MATTN_OP_RING};
-
 static int forward(const mattn__attn_config *c, grad_state *s)
 {
     mattn__attn_local *l = &s->l;
     if (l->mesh) {
         mattn_ring_options ro = mattn_ring_options_default();
         ro.comm = (mattn_ring_comm)c->comm;
-        return mattn_mesh_forward(l->mesh, &l->shape, MESH_OP[c->op], &l->tq, &l->tk, &l->tv,
+        return mattn_mesh_forward(l->mesh, &l->shape, mattn__op_mesh[c->op], &l->tq, &l->tk, &l->tv,
                                   &s->to, s->lse, &l->opts, &ro, NULL);
     }
     switch (c->op) {
@@ -297,7 +286,7 @@ static int backward(const mattn__attn_config *c, grad_state *s, mattn_kernel *ke
         *kernel = c->op == MATTN__OP_VANILLA  ? MATTN_KERNEL_VANILLA
                   : c->op == MATTN__OP_SPLASH ? MATTN_KERNEL_SPLASH
                                               : MATTN_KERNEL_FLASH;
-        return mattn_mesh_backward(l->mesh, &l->shape, MESH_OP[c->op], &l->tq, &l->tk, &l->tv,
+        return mattn_mesh_backward(l->mesh, &l->shape, mattn__op_mesh[c->op], &l->tq, &l->tk, &l->tv,
                                    &s->to, s->lse, &s->tdo, &s->tdq, &s->tdk, &s->tdv, s->dsinks,
                                    s->dbias, &l->opts, &ro);
     }
@@ -321,19 +310,6 @@ static int backward(const mattn__attn_config *c, grad_state *s, mattn_kernel *ke
     }
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Timed backward calls; times are the slowest rank's. */
 static int grad_compute(MPI_Comm comm, const mattn__attn_config *c, grad_state *s,
                         mattn_kernel *kernel, double *best, double *median)
@@ -345,9 +321,9 @@ static int grad_compute(MPI_Comm comm, const mattn__attn_config *c, grad_state *
     for (int64_t x = 0; x < c->warmup + c->repeat && rc == MATTN_OK; x++) {
         if (s->size > 1)
             MPI_Barrier(comm);
-        double t0 = now_s();
+        double t0 = mattn__cli_now();
         rc = backward(c, s, kernel);
-        double mine = now_s() - t0, dt = mine;
+        double mine = mattn__cli_now() - t0, dt = mine;
         if (s->size > 1)
             MPI_Allreduce(&mine, &dt, 1, MPI_DOUBLE, MPI_MAX, comm);
         int warm = x < c->warmup;
@@ -361,7 +337,7 @@ static int grad_compute(MPI_Comm comm, const mattn__attn_config *c, grad_state *
                     warm ? c->warmup : c->repeat, dt);
     }
     if (rc == MATTN_OK) {
-        qsort(times, (size_t)c->repeat, sizeof *times, cmp_double);
+        qsort(times, (size_t)c->repeat, sizeof *times, mattn__cli_cmp_double);
         int64_t n = c->repeat;
         *median = n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
     }
@@ -398,7 +374,7 @@ static int grad_check(const mattn__attn_config *c, grad_state *s, mattn__ref_gra
     if (s->gdo.data == NULL) { /* synthetic do under a mesh */
         int64_t n = p->B * p->T * p->Hq * p->Dv;
         float *d;
-        if ((rc = alloc_floats(&d, n, "do")))
+        if ((rc = mattn__attn_alloc_floats(&d, n, "do")))
             return rc;
         for (int64_t i = 0; i < n; i++)
             d[i] = mattn__attn_synth(c, 4, i);
@@ -543,15 +519,9 @@ int mattn__cli_grad(MPI_Comm comm, int argc, char **argv)
     MPI_Comm_size(comm, &size);
     mattn__attn_config c;
     int code = grad_parse(&c, argc, argv, size, rank == 0 ? mattn__cli_err() : NULL);
-    int vote = mattn__cli_agree_max(comm, code == MATTN__CLI_HELP ? 1 : code);
-    code = vote == 1 ? MATTN__CLI_HELP : vote;
-    if (code == MATTN__CLI_HELP) {
-        if (rank == 0)
-            print_help(mattn__cli_out());
-        return MATTN__CLI_EXIT_OK;
-    }
+    code = mattn__cli_agree_parse(comm, code, print_help);
     if (code != MATTN__CLI_EXIT_OK)
-        return code;
+        return code == MATTN__CLI_HELP ? MATTN__CLI_EXIT_OK : code;
     code = grad_job(comm, &c);
     fflush(mattn__cli_out());
     fflush(mattn__cli_err());

@@ -153,14 +153,6 @@ static void state_free(run_state *s)
     mattn__attn_problem_free(&s->p);
 }
 
-static int alloc_floats(float **x, int64_t n, const char *what)
-{
-    if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float) ||
-        (*x = malloc(n ? (size_t)n * sizeof(float) : 1)) == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
-    return MATTN_OK;
-}
-
 /* Output buffers and files: this rank's o (and lse), rank 0's global ones. */
 static int run_open(const mattn__attn_config *c, run_state *s)
 {
@@ -170,20 +162,20 @@ static int run_open(const mattn__attn_config *c, run_state *s)
     int gather = c->out || want_lse;
     int64_t B = p->B, T = p->T, Hq = p->Hq, Dv = p->Dv;
     if (l->mesh == NULL) {
-        if ((rc = alloc_floats(&s->o, B * T * Hq * Dv, "the output o")) ||
-            (want_lse && (rc = alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
-            (c->weights && (rc = alloc_floats(&s->weights, B * Hq * T * p->S, "weights"))))
+        if ((rc = mattn__attn_alloc_floats(&s->o, B * T * Hq * Dv, "the output o")) ||
+            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
+            (c->weights && (rc = mattn__attn_alloc_floats(&s->weights, B * Hq * T * p->S, "weights"))))
             return rc;
         s->to = mattn__attn_view(c, s->o, B, T, Hq, Dv);
     } else {
         const mattn_shard *sh = &l->shard;
         if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->o, &s->to)) ||
-            (want_lse && (rc = alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len,
+            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len,
                                             "lse"))))
             return rc;
         if (s->rank == 0 && gather &&
-            ((rc = alloc_floats(&s->go, B * T * Hq * Dv, "the gathered o")) ||
-             (want_lse && (rc = alloc_floats(&s->glse, B * Hq * T, "the gathered lse")))))
+            ((rc = mattn__attn_alloc_floats(&s->go, B * T * Hq * Dv, "the gathered o")) ||
+             (want_lse && (rc = mattn__attn_alloc_floats(&s->glse, B * Hq * T, "the gathered lse")))))
             return rc;
         if (s->go)
             s->tgo = mattn__attn_view(c, s->go, B, T, Hq, Dv);
@@ -221,16 +213,6 @@ static int splash_prepare(run_state *s)
 
 /* ------------------------------------------------------------------ compute */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static const mattn_op MESH_OP[] = {MATTN_OP_VANILLA, MATTN_OP_SDPA, MATTN_OP_FLASH,
-                                   MATTN_OP_SPLASH, MATTN_OP_RING};
-
 static int forward(const mattn__attn_config *c, run_state *s, mattn_kernel *kernel,
                    mattn_ring_stats *stats)
 {
@@ -246,7 +228,7 @@ static int forward(const mattn__attn_config *c, run_state *s, mattn_kernel *kern
         *kernel = c->op == MATTN__OP_VANILLA  ? MATTN_KERNEL_VANILLA
                   : c->op == MATTN__OP_SPLASH ? MATTN_KERNEL_SPLASH
                                               : MATTN_KERNEL_FLASH;
-        return mattn_mesh_forward(l->mesh, &l->shape, MESH_OP[c->op], &l->tq, &l->tk, &l->tv,
+        return mattn_mesh_forward(l->mesh, &l->shape, mattn__op_mesh[c->op], &l->tq, &l->tk, &l->tv,
                                   &s->to, s->lse, &l->opts, &ro,
                                   c->op == MATTN__OP_SDPA ? kernel : NULL);
     }
@@ -265,12 +247,6 @@ static int forward(const mattn__attn_config *c, run_state *s, mattn_kernel *kern
     default:
         return mattn_sdpa_forward(&l->tq, &l->tk, &l->tv, &s->to, s->lse, &l->opts, kernel);
     }
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* What the timed calls measured. Times are the slowest rank's: a
@@ -295,9 +271,9 @@ static int run_compute(MPI_Comm comm, const mattn__attn_config *c, run_state *s,
         /* Start together, so the slowest rank's time is the call's. */
         if (s->size > 1)
             MPI_Barrier(comm);
-        double t0 = now_s();
+        double t0 = mattn__cli_now();
         rc = forward(c, s, &t->kernel, &st);
-        double mine = now_s() - t0, dt = mine;
+        double mine = mattn__cli_now() - t0, dt = mine;
         /* Library calls on a mesh return the same status everywhere; without
          * a mesh there is one rank. */
         if (s->size > 1)
@@ -314,7 +290,7 @@ static int run_compute(MPI_Comm comm, const mattn__attn_config *c, run_state *s,
                     warm ? c->warmup : c->repeat, dt);
     }
     if (rc == MATTN_OK) {
-        qsort(times, (size_t)c->repeat, sizeof *times, cmp_double);
+        qsort(times, (size_t)c->repeat, sizeof *times, mattn__cli_cmp_double);
         int64_t n = c->repeat;
         t->median = n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
     }
@@ -348,7 +324,7 @@ typedef struct progress_ctx {
 static void check_progress(void *vctx, int64_t done, int64_t total)
 {
     progress_ctx *pc = vctx;
-    double t = now_s();
+    double t = mattn__cli_now();
     if (pc->quiet || pc->finished || (done < total && t - pc->last < 2.0))
         return;
     pc->last = t;
@@ -368,7 +344,7 @@ static int run_check(const mattn__attn_config *c, run_state *s, mattn__ref_repor
     const mattn_tensor *o = mesh ? &s->tgo : &s->to;
     mattn__ref_problem rp = {&p->tq, &p->tk, &p->tv, o, mesh ? s->glse : s->lse, s->weights,
                              &p->opts};
-    progress_ctx pc = {mattn__cli_err(), now_s(), now_s(), c->quiet, 0};
+    progress_ctx pc = {mattn__cli_err(), mattn__cli_now(), mattn__cli_now(), c->quiet, 0};
     return mattn__ref_check(&rp, c->check_rows, mattn__resolve_threads((int)c->threads),
                             check_progress, &pc, r);
 }
@@ -546,17 +522,9 @@ int mattn__cli_run(MPI_Comm comm, int argc, char **argv)
     MPI_Comm_size(comm, &size);
     mattn__attn_config c;
     int code = run_parse(&c, argc, argv, size, rank == 0 ? mattn__cli_err() : NULL);
-    /* Agree on the parse verdict (ranks see the same argv unless a launcher
-     * mangles it): usage error > help > ok, so help is sent as 1. */
-    int vote = mattn__cli_agree_max(comm, code == MATTN__CLI_HELP ? 1 : code);
-    code = vote == 1 ? MATTN__CLI_HELP : vote;
-    if (code == MATTN__CLI_HELP) {
-        if (rank == 0)
-            print_help(mattn__cli_out());
-        return MATTN__CLI_EXIT_OK;
-    }
+    code = mattn__cli_agree_parse(comm, code, print_help);
     if (code != MATTN__CLI_EXIT_OK)
-        return code;
+        return code == MATTN__CLI_HELP ? MATTN__CLI_EXIT_OK : code;
     code = run_job(comm, &c);
     fflush(mattn__cli_out());
     fflush(mattn__cli_err());
