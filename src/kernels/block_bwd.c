@@ -118,6 +118,29 @@ void mattn__bwd_block_pair(const mattn__problem *p, const mattn__vecmath *vm, ma
                 (int)bkv, q, (int)D, 1.0f, w->dk, (int)D);
 }
 
+/* Aim for at least this many tasks per thread before splitting kv ranges,
+ * but never let the dQ partials of the split take more than ~256 MiB (they
+ * cost nsplit x |q|: with MQA at long T, fewer splits and idle threads beat
+ * gigabytes of partials). */
+#define BWD_TASKS_PER_THREAD 4
+#define BWD_PARTIAL_FLOATS ((int64_t)64 << 20)
+
+int64_t mattn__bwd_nsplit(const mattn__problem *p, int64_t nkb)
+{
+    int64_t nbh = p->B * p->Hkv, nsplit = 1;
+    if (p->threads > 1 && nbh > 0 && nbh < (int64_t)BWD_TASKS_PER_THREAD * p->threads) {
+        nsplit = ((int64_t)BWD_TASKS_PER_THREAD * p->threads + nbh - 1) / nbh;
+        if (nsplit > nkb)
+            nsplit = nkb > 0 ? nkb : 1;
+        int64_t per_split = nbh * p->T * p->group * p->D;
+        if (per_split > 0 && nsplit * per_split > BWD_PARTIAL_FLOATS)
+            nsplit = BWD_PARTIAL_FLOATS / per_split;
+        if (nsplit < 1)
+            nsplit = 1;
+    }
+    return nsplit;
+}
+
 #define BWD_REDUCE_CHUNK 256 /* positions per reduction task */
 
 typedef struct reduce_ctx {

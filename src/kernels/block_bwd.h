@@ -59,6 +59,10 @@ void mattn__bwd_block_pair(const mattn__problem *p, const mattn__vecmath *vm, ma
                            const float *kb, int64_t ldk, const float *vb, int64_t ldv,
                            float *dq);
 
+/* Into how many kv ranges (of nkb kv blocks) each (b, hk) is split so the
+ * threads have enough tasks: 1 when there are (b, hk) pairs enough. */
+int64_t mattn__bwd_nsplit(const mattn__problem *p, int64_t nkb);
+
 /* dq = scale * (sum of the nsplit kv-range partials dq_part [nsplit][B, Hkv,
  * T * group, D]) (added when g->accumulate), in parallel over (b, hk,
  * position chunks); for kernels that split the kv range. */

@@ -50,12 +50,6 @@
 #define FBWD_BLOCK_KV 128
 /* q/dO/dQ panel of at most ~16 MiB per worker. */
 #define FBWD_PANEL_FLOATS ((int64_t)4 << 20)
-/* Aim for at least this many tasks per thread before splitting kv ranges,
- * but never let the dQ partials of the split take more than ~256 MiB (they
- * cost nsplit x |q|: with MQA at long T, fewer splits and idle threads beat
- * gigabytes of partials). */
-#define FBWD_TASKS_PER_THREAD 4
-#define FBWD_PARTIAL_FLOATS ((int64_t)64 << 20)
 
 typedef struct fbwd_ctx {
     const mattn__problem *p;
@@ -203,19 +197,8 @@ int mattn__flash_backward_kernel(const mattn__problem *p, const mattn__grad *g)
     c.nqb_panel = (c.panel_t + c.bq - 1) / c.bq;
     c.nkb = (p->S + c.bkv - 1) / c.bkv;
 
-    /* Few (b, hk) pairs for the threads: split each one's kv blocks. */
     int64_t nbh = p->B * p->Hkv;
-    c.nsplit = 1;
-    if (p->threads > 1 && nbh > 0 && nbh < (int64_t)FBWD_TASKS_PER_THREAD * p->threads) {
-        c.nsplit = ((int64_t)FBWD_TASKS_PER_THREAD * p->threads + nbh - 1) / nbh;
-        if (c.nsplit > c.nkb)
-            c.nsplit = c.nkb > 0 ? c.nkb : 1;
-        int64_t per_split = nbh * p->T * G * p->D;
-        if (per_split > 0 && c.nsplit * per_split > FBWD_PARTIAL_FLOATS)
-            c.nsplit = FBWD_PARTIAL_FLOATS / per_split;
-        if (c.nsplit < 1)
-            c.nsplit = 1;
-    }
+    c.nsplit = mattn__bwd_nsplit(p, c.nkb);
     int64_t ntasks = nbh * c.nsplit;
     int threads = p->threads < ntasks ? p->threads : (int)(ntasks > 0 ? ntasks : 1);
     size_t ws_bytes = fbwd_layout(&c, NULL, NULL);

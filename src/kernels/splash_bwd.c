@@ -47,10 +47,6 @@
 #define SBWD_ROWS_TARGET 256
 /* q/dO/dQ panel of at most ~16 MiB per worker. */
 #define SBWD_PANEL_FLOATS ((int64_t)4 << 20)
-/* As flash_bwd.c: split kv ranges below this many tasks per thread, with at
- * most ~256 MiB of dQ partials. */
-#define SBWD_TASKS_PER_THREAD 4
-#define SBWD_PARTIAL_FLOATS ((int64_t)64 << 20)
 
 /* Per-list state of the current (q block, kv block): a tile id, -1 FULL, or: */
 #define STATE_EMPTY (-2)
@@ -293,17 +289,7 @@ int mattn__splash_backward_kernel(const mattn__problem *p, const mattn__grad *g,
         c.panel_qb = info->nqb > 0 ? info->nqb : 1;
 
     int64_t nbh = p->B * p->Hkv;
-    c.nsplit = 1;
-    if (p->threads > 1 && nbh > 0 && nbh < (int64_t)SBWD_TASKS_PER_THREAD * p->threads) {
-        c.nsplit = ((int64_t)SBWD_TASKS_PER_THREAD * p->threads + nbh - 1) / nbh;
-        if (c.nsplit > info->nkb)
-            c.nsplit = info->nkb > 0 ? info->nkb : 1;
-        int64_t per_split = nbh * p->T * G * p->D;
-        if (per_split > 0 && c.nsplit * per_split > SBWD_PARTIAL_FLOATS)
-            c.nsplit = SBWD_PARTIAL_FLOATS / per_split;
-        if (c.nsplit < 1)
-            c.nsplit = 1;
-    }
+    c.nsplit = mattn__bwd_nsplit(p, info->nkb);
     int64_t ntasks = nbh * c.nsplit;
     int threads = p->threads < ntasks ? p->threads : (int)(ntasks > 0 ? ntasks : 1);
     size_t ws_bytes = sbwd_layout(&c, NULL, NULL);
