@@ -117,6 +117,38 @@ static void note(row_verdict *v, double *err_slot, double err, double bound)
         v->ratio = r;
 }
 
+/* Logit (i, j) of batch b, q head h (SPEC §4): scale q.k, the soft cap,
+ * then the bias, in float64; *err bounds the float32 error of the same
+ * steps and *raw (if not NULL) receives the value before the cap. */
+static double logit(const mattn_options *opt, int64_t b, int64_t h, int64_t i, int64_t j,
+                    const float *qi, const float *kj, int64_t D, double scale, double *err,
+                    double *raw)
+{
+    const double u = UNIT_ROUNDOFF, cap = opt->softcap;
+    double dot = 0.0, mag = 0.0;
+    for (int64_t d = 0; d < D; d++) {
+        dot += (double)qi[d] * (double)kj[d];
+        mag += fabs((double)qi[d] * (double)kj[d]);
+    }
+    double x = scale * dot, e = (double)(D + 2) * u * fabs(scale) * mag;
+    if (raw)
+        *raw = x;
+    if (cap > 0.0) {
+        x = cap * tanh(x / cap);
+        e += 4.0 * u * cap;
+    }
+    if (opt->bias.data) {
+        const mattn_bias *bi = &opt->bias;
+        int64_t bb = bi->batch == 1 ? 0 : b, bh = bi->heads == 1 ? 0 : h;
+        double bias = bi->data[bb * bi->stride_batch + bh * bi->stride_head +
+                               i * bi->stride_row + j];
+        x += bias;
+        e += 2.0 * u * (fabs(x) + fabs(bias));
+    }
+    *err = e;
+    return x;
+}
+
 /* One query row (flat index r = (b * Hq + h) * T + i). Scratch: s [S], ok [S],
  * oref [Dv]. */
 static void check_row(const mattn__ref_problem *p, int64_t r, double *s, char *ok, double *oref,
@@ -132,7 +164,6 @@ static void check_row(const mattn__ref_problem *p, int64_t r, double *s, char *o
      * applied rounded to fp32, so that is the exact scale to compare with. */
     const double scale = opt->scale != 0.0f ? (double)opt->scale
                                             : (double)(float)(1.0 / sqrt((double)D));
-    const double cap = opt->softcap;
     const double sink = opt->sinks ? (double)opt->sinks[h] : -INFINITY;
     const float *qi = q->data + b * q->stride_batch + i * q->stride_seq + h * q->stride_head;
 
@@ -145,24 +176,7 @@ static void check_row(const mattn__ref_problem *p, int64_t r, double *s, char *o
         const float *kj = k->data + b * k->stride_batch + j * k->stride_seq + hk * k->stride_head;
         const float *vj = vt->data + b * vt->stride_batch + j * vt->stride_seq +
                           hk * vt->stride_head;
-        double dot = 0.0, mag = 0.0;
-        for (int64_t d = 0; d < D; d++) {
-            dot += (double)qi[d] * (double)kj[d];
-            mag += fabs((double)qi[d] * (double)kj[d]);
-        }
-        double x = scale * dot, err = (double)(D + 2) * u * fabs(scale) * mag;
-        if (cap > 0.0) {
-            x = cap * tanh(x / cap);
-            err += 4.0 * u * cap;
-        }
-        if (opt->bias.data) {
-            const mattn_bias *bi = &opt->bias;
-            int64_t bb = bi->batch == 1 ? 0 : b, bh = bi->heads == 1 ? 0 : h;
-            double bias = bi->data[bb * bi->stride_batch + bh * bi->stride_head +
-                                   i * bi->stride_row + j];
-            x += bias;
-            err += 2.0 * u * (fabs(x) + fabs(bias));
-        }
+        double err, x = logit(opt, b, h, i, j, qi, kj, D, scale, &err, NULL);
         s[j] = x;
         ds = err > ds ? err : ds;
         m = x > m ? x : m;
@@ -319,7 +333,6 @@ static void grad_row_stats(const mattn__ref_grad_problem *g, int64_t b, int64_t 
     const double u = UNIT_ROUNDOFF;
     const double scale = opt->scale != 0.0f ? (double)opt->scale
                                             : (double)(float)(1.0 / sqrt((double)D));
-    const double cap = opt->softcap;
     const double sink = opt->sinks ? (double)opt->sinks[h] : -INFINITY;
     const float *qi = q->data + b * q->stride_batch + i * q->stride_seq + h * q->stride_head;
     const float *di = dout->data + b * dout->stride_batch + i * dout->stride_seq +
@@ -333,25 +346,7 @@ static void grad_row_stats(const mattn__ref_grad_problem *g, int64_t b, int64_t 
         const float *kj = k->data + b * k->stride_batch + j * k->stride_seq + hk * k->stride_head;
         const float *vj = vt->data + b * vt->stride_batch + j * vt->stride_seq +
                           hk * vt->stride_head;
-        double dot = 0.0, mag = 0.0;
-        for (int64_t d = 0; d < D; d++) {
-            dot += (double)qi[d] * (double)kj[d];
-            mag += fabs((double)qi[d] * (double)kj[d]);
-        }
-        double y = scale * dot, err = (double)(D + 2) * u * fabs(scale) * mag;
-        x[j] = y;
-        if (cap > 0.0) {
-            y = cap * tanh(y / cap);
-            err += 4.0 * u * cap;
-        }
-        if (opt->bias.data) {
-            const mattn_bias *bi = &opt->bias;
-            int64_t bb = bi->batch == 1 ? 0 : b, bh = bi->heads == 1 ? 0 : h;
-            double bias = bi->data[bb * bi->stride_batch + bh * bi->stride_head +
-                                   i * bi->stride_row + j];
-            y += bias;
-            err += 2.0 * u * (fabs(y) + fabs(bias));
-        }
+        double err, y = logit(opt, b, h, i, j, qi, kj, D, scale, &err, &x[j]);
         s[j] = y;
         ds = err > ds ? err : ds;
         m = y > m ? y : m;
