@@ -182,6 +182,8 @@ int mattn__wire_finish(mattn__wire *w);
 /* Frees the buffers; after an MPI failure left a transfer pending they are
  * leaked instead, since MPI may still write into them. */
 void mattn__wire_free(mattn__wire *w);
+/* Copies the transfer counters and wait time into stats. */
+void mattn__wire_report(const mattn__wire *w, mattn_ring_stats *stats);
 
 /* ---------------------------------------------------------------- ring_bwd.c */
 

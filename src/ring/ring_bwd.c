@@ -34,7 +34,6 @@
  * message; a kernel failure later stops the compute but not the hops, and a
  * final agreement gives every rank the same status. */
 #include <string.h>
-#include <time.h>
 
 #include "core/scratch.h"
 #include "core/status.h"
@@ -44,13 +43,6 @@
 #include "mesh/partition_bwd.h"
 #include "mesh/shard.h"
 #include "ring/ring.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int mod(int a, int p)
 {
@@ -213,16 +205,16 @@ static void unpack(const bwd_run *x, int slot, const mattn_tensor *dk, const mat
 static int run_hops(bwd_run *x, const mattn_tensor *dk, const mattn_tensor *dv)
 {
     int rc = MATTN_OK, slot = 0;
-    double t0 = now();
+    double t0 = MPI_Wtime();
     zero_dq(x);
     mattn__wire_pack_grads(&x->wire, slot, x->local);
-    x->seconds_compute += now() - t0;
+    x->seconds_compute += MPI_Wtime() - t0;
     for (int i = 0; i < x->nshift; i++) {
         int s = x->shift[i], src = mod(x->r - s, x->P);
         if (rc == MATTN_OK && mattn__ring_needs(&x->plan, x->r, src)) {
-            t0 = now();
+            t0 = MPI_Wtime();
             rc = compute(x, slot, src);
-            x->seconds_compute += now() - t0;
+            x->seconds_compute += MPI_Wtime() - t0;
             x->steps++;
         }
         int d = x->shift[i + 1] - s;
@@ -247,7 +239,7 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
                          const mattn_ring_options *ring, mattn_ring_stats *stats,
                          int local_status)
 {
-    double t_start = now();
+    double t_start = MPI_Wtime();
     if (stats)
         memset(stats, 0, sizeof *stats);
     if (m == NULL) /* nothing to agree over */
@@ -282,13 +274,9 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
     if (stats) {
         stats->steps = x.steps;
         stats->kernel_calls = x.kernel_calls;
-        stats->messages_sent = x.wire.messages_sent;
-        stats->messages_received = x.wire.messages_received;
-        stats->bytes_sent = x.wire.bytes_sent;
-        stats->bytes_received = x.wire.bytes_received;
-        stats->seconds_wait = x.wire.seconds_wait;
+        mattn__wire_report(&x.wire, stats);
         stats->seconds_compute = x.seconds_compute;
-        stats->seconds_total = now() - t_start;
+        stats->seconds_total = MPI_Wtime() - t_start;
     }
     teardown(&x);
     return rc;

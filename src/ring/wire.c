@@ -20,7 +20,6 @@
  * With skip set nothing moves and every step reads the rank's own buffer. */
 #include <limits.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/scratch.h"
 #include "core/status.h"
@@ -28,13 +27,6 @@
 
 #define WIRE_TAG 7201
 #define WIRE_UNIT 4096 /* bytes per MPI element: counts stay ints */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---------------------------------------------------------------- transports */
 
@@ -232,11 +224,11 @@ int mattn__wire_shift(mattn__wire *w, int slot, int to, int from, int grads_only
      * backward", has the measurements). */
     size_t off = grads_only ? w->off_dk : 0, bytes = w->bytes - off;
     int n = (int)(bytes / WIRE_UNIT);
-    double t0 = now();
+    double t0 = MPI_Wtime();
     int rc = MPI_Sendrecv(w->slot[slot] + off, n, w->unit, to, WIRE_TAG + 1,
                           w->slot[slot ^ 1] + off, n, w->unit, from, WIRE_TAG + 1, w->comm,
                           MPI_STATUS_IGNORE);
-    w->seconds_wait += now() - t0;
+    w->seconds_wait += MPI_Wtime() - t0;
     if (rc != MPI_SUCCESS)
         return mattn__fail(MATTN_ERR_MPI, "ring: MPI_Sendrecv of K/V with dK/dV failed");
     w->messages_sent++, w->bytes_sent += (int64_t)bytes;
@@ -265,9 +257,9 @@ int mattn__wire_finish(mattn__wire *w)
 {
     if (!w->pending)
         return MATTN_OK;
-    double t0 = now();
+    double t0 = MPI_Wtime();
     int rc = transports[w->mode].finish(w);
-    w->seconds_wait += now() - t0;
+    w->seconds_wait += MPI_Wtime() - t0;
     if (rc != MATTN_OK)
         return rc; /* stays pending: the buffers are leaked, not reused */
     w->pending = 0;
@@ -295,4 +287,13 @@ void mattn__wire_free(mattn__wire *w)
     if (w->slot[1] != w->slot[0])
         mattn__scratch_put(w->slot[1]);
     memset(w, 0, sizeof *w);
+}
+
+void mattn__wire_report(const mattn__wire *w, mattn_ring_stats *stats)
+{
+    stats->messages_sent = w->messages_sent;
+    stats->messages_received = w->messages_received;
+    stats->bytes_sent = w->bytes_sent;
+    stats->bytes_received = w->bytes_received;
+    stats->seconds_wait = w->seconds_wait;
 }
