@@ -257,3 +257,27 @@ int mattn__problem_init(mattn__problem *p, const mattn_tensor *q,
     p->block_kv = opts->block_kv;
     return MATTN_OK;
 }
+
+int mattn__tensor_check_like(const char *scope, const char *name, const mattn_tensor *t,
+                             const char *like_name, const mattn_tensor *like, int output)
+{
+    if (t == NULL)
+        return mattn__fail(MATTN_ERR_ARG, "%s is NULL", name);
+    if (t->batch != like->batch || t->seq != like->seq || t->heads != like->heads ||
+        t->dim != like->dim)
+        return mattn__fail(MATTN_ERR_SHAPE,
+                           "%s%s is [%lld, %lld, %lld, %lld] but %s%s is [%lld, %lld, %lld, %lld]",
+                           scope, name, (long long)t->batch, (long long)t->seq,
+                           (long long)t->heads, (long long)t->dim, scope, like_name,
+                           (long long)like->batch, (long long)like->seq, (long long)like->heads,
+                           (long long)like->dim);
+    if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0)
+        return mattn__fail(MATTN_ERR_ARG, "%s has a negative stride", name);
+    if (t->batch * t->seq * t->heads > 0 && t->data == NULL)
+        return mattn__fail(MATTN_ERR_ARG, "%s->data is NULL", name);
+    if (output && mattn__tensor_overlaps(t))
+        return mattn__fail(MATTN_ERR_ARG, "%s strides (%lld, %lld, %lld) make elements overlap",
+                           name, (long long)t->stride_batch, (long long)t->stride_seq,
+                           (long long)t->stride_head);
+    return MATTN_OK;
+}

@@ -69,6 +69,13 @@ int mattn__problem_init(mattn__problem *p, const mattn_tensor *q,
  * on a dim of size > 1). Outputs like that would be silent wrong answers. */
 int mattn__tensor_overlaps(const mattn_tensor *t);
 
+/* Checks gradient-like tensor t (named name) against like: not NULL, the
+ * same shape, non-negative strides, data when not empty, and, when it is an
+ * output, no overlapping elements. scope ("" or "local ") prefixes the
+ * names in the shape message. MATTN_OK or the error, with its message. */
+int mattn__tensor_check_like(const char *scope, const char *name, const mattn_tensor *t,
+                             const char *like_name, const mattn_tensor *like, int output);
+
 /* Number of worker threads an options value asks for (0 = all usable CPUs). */
 int mattn__resolve_threads(int requested);
 

@@ -22,30 +22,6 @@
 
 /* ---------------------------------------------------------------- checks */
 
-static int check_like(const char *name, const mattn_tensor *t, const char *like_name,
-                      const mattn_tensor *like, int output)
-{
-    if (t == NULL)
-        return mattn__fail(MATTN_ERR_ARG, "%s is NULL", name);
-    if (t->batch != like->batch || t->seq != like->seq || t->heads != like->heads ||
-        t->dim != like->dim)
-        return mattn__fail(MATTN_ERR_SHAPE,
-                           "local %s is [%lld, %lld, %lld, %lld] but local %s is "
-                           "[%lld, %lld, %lld, %lld]",
-                           name, (long long)t->batch, (long long)t->seq, (long long)t->heads,
-                           (long long)t->dim, like_name, (long long)like->batch,
-                           (long long)like->seq, (long long)like->heads, (long long)like->dim);
-    if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0)
-        return mattn__fail(MATTN_ERR_ARG, "%s has a negative stride", name);
-    if (t->batch * t->seq * t->heads > 0 && t->data == NULL)
-        return mattn__fail(MATTN_ERR_ARG, "%s->data is NULL", name);
-    if (output && mattn__tensor_overlaps(t))
-        return mattn__fail(MATTN_ERR_ARG, "%s strides (%lld, %lld, %lld) make elements overlap",
-                           name, (long long)t->stride_batch, (long long)t->stride_seq,
-                           (long long)t->stride_head);
-    return MATTN_OK;
-}
-
 int mattn__dist_grad_check(const mattn__dist *d, const mattn_tensor *q, const mattn_tensor *k,
                            const mattn_tensor *v, const mattn_tensor *o, const float *lse,
                            const mattn_tensor *dout, const mattn_tensor *dq,
@@ -58,8 +34,10 @@ int mattn__dist_grad_check(const mattn__dist *d, const mattn_tensor *q, const ma
     if (lse == NULL && n_lse > 0)
         return mattn__fail(MATTN_ERR_ARG,
                            "lse is NULL: backward needs the forward's log-sum-exp");
-    if ((rc = check_like("dout", dout, "o", o, 0)) || (rc = check_like("dq", dq, "q", q, 1)) ||
-        (rc = check_like("dk", dk, "k", k, 1)) || (rc = check_like("dv", dv, "v", v, 1)))
+    if ((rc = mattn__tensor_check_like("local ", "dout", dout, "o", o, 0)) ||
+        (rc = mattn__tensor_check_like("local ", "dq", dq, "q", q, 1)) ||
+        (rc = mattn__tensor_check_like("local ", "dk", dk, "k", k, 1)) ||
+        (rc = mattn__tensor_check_like("local ", "dv", dv, "v", v, 1)))
         return rc;
     if (dsinks && opts->sinks == NULL)
         return mattn__fail(MATTN_ERR_ARG, "dsinks given but the options have no sinks");

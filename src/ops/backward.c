@@ -9,30 +9,6 @@
 #include "kernels/kernels_bwd.h"
 #include "ops/ops.h"
 
-static int check_like(const char *name, const mattn_tensor *t, const char *like_name,
-                      const mattn_tensor *like, int output)
-{
-    if (t == NULL)
-        return mattn__fail(MATTN_ERR_ARG, "%s is NULL", name);
-    if (t->batch != like->batch || t->seq != like->seq || t->heads != like->heads ||
-        t->dim != like->dim)
-        return mattn__fail(MATTN_ERR_SHAPE,
-                           "%s is [%lld, %lld, %lld, %lld] but %s is [%lld, %lld, %lld, %lld]",
-                           name, (long long)t->batch, (long long)t->seq, (long long)t->heads,
-                           (long long)t->dim, like_name, (long long)like->batch,
-                           (long long)like->seq, (long long)like->heads, (long long)like->dim);
-    if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0)
-        return mattn__fail(MATTN_ERR_ARG, "%s has a negative stride", name);
-    if (t->batch * t->seq * t->heads > 0 && t->data == NULL)
-        return mattn__fail(MATTN_ERR_ARG, "%s->data is NULL", name);
-    if (output && mattn__tensor_overlaps(t))
-        return mattn__fail(MATTN_ERR_ARG,
-                           "%s strides (%lld, %lld, %lld) make elements overlap", name,
-                           (long long)t->stride_batch, (long long)t->stride_seq,
-                           (long long)t->stride_head);
-    return MATTN_OK;
-}
-
 /* Builds the problem and the gradient description from the public
  * arguments, checking everything the forward checks plus the gradients. */
 static int backward_init(mattn__problem *p, mattn__grad *g, const mattn_tensor *q,
@@ -49,8 +25,10 @@ static int backward_init(mattn__problem *p, mattn__grad *g, const mattn_tensor *
     if (lse == NULL)
         return mattn__fail(MATTN_ERR_ARG,
                            "lse is NULL: backward needs the forward's log-sum-exp");
-    if ((rc = check_like("dout", dout, "o", o, 0)) || (rc = check_like("dq", dq, "q", q, 1)) ||
-        (rc = check_like("dk", dk, "k", k, 1)) || (rc = check_like("dv", dv, "v", v, 1)))
+    if ((rc = mattn__tensor_check_like("", "dout", dout, "o", o, 0)) ||
+        (rc = mattn__tensor_check_like("", "dq", dq, "q", q, 1)) ||
+        (rc = mattn__tensor_check_like("", "dk", dk, "k", k, 1)) ||
+        (rc = mattn__tensor_check_like("", "dv", dv, "v", v, 1)))
         return rc;
     if (dsinks && opts->sinks == NULL)
         return mattn__fail(MATTN_ERR_ARG, "dsinks given but the options have no sinks");
