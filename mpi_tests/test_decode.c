@@ -393,15 +393,16 @@ static void test_errors(void **state)
 }
 
 /* The AVX-512 inner loops against the portable ones and a double dot, over
- * row counts, key counts and dims that exercise every tail, for two kv heads
- * (head stride inside a key row) writing logits columns from j = 2. */
+ * row counts, key counts and dims that exercise every tail and the
+ * fixed-size paths (4 keys, D = 64, 128, 256), for two kv heads (head stride
+ * inside a key row) writing logits columns from j = 2. */
 static void test_inner_loops(void **state)
 {
     (void)state;
     if (strcmp(mattn__vecmath_get()->name, "avx512") != 0)
         skip();
     tl_rng r = tl_rng_make(800);
-    const int64_t Ds[] = {1, 15, 16, 17, 64, 70, 128, 129}, H = 2, j = 2, ld = 13;
+    const int64_t Ds[] = {1, 15, 16, 17, 64, 70, 128, 129, 256}, H = 2, j = 2, ld = 13;
     for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++)
         for (int64_t R = 1; R <= 9; R++)
             for (int64_t nk = 1; nk <= 9; nk++) {
