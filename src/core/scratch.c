@@ -81,6 +81,24 @@ void mattn__scratch_put(void *buffer)
     free(buffer);
 }
 
+int mattn__scratch_get_each(char **bufs, int n, size_t bytes)
+{
+    for (int i = 0; i < n; i++) {
+        bufs[i] = mattn__scratch_get(bytes);
+        if (bufs[i] == NULL) {
+            mattn__scratch_put_each(bufs, i);
+            return 0;
+        }
+    }
+    return n;
+}
+
+void mattn__scratch_put_each(char **bufs, int n)
+{
+    for (int i = 0; i < n; i++)
+        mattn__scratch_put(bufs[i]);
+}
+
 void mattn_scratch_release(void)
 {
     pthread_mutex_lock(&pool_lock);

@@ -13,6 +13,12 @@
 void *mattn__scratch_get(size_t bytes);
 void mattn__scratch_put(void *buffer);
 
+/* One workspace of `bytes` per worker in bufs[0..n): n, or 0 when one
+ * cannot be had (those already obtained go back to the pool). */
+int mattn__scratch_get_each(char **bufs, int n, size_t bytes);
+/* Returns bufs[0..n), n as mattn__scratch_get_each gave it. */
+void mattn__scratch_put_each(char **bufs, int n);
+
 static inline size_t mattn__align64(size_t n)
 {
     return (n + 63) & ~(size_t)63;

@@ -371,13 +371,11 @@ int mattn__decode_kernel(const mattn__dec *p)
     if (threads < 1)
         threads = 1;
     size_t ws_bytes = dec_ws_layout(p, c.rows_max, NULL, NULL);
-    for (; got < threads; got++) {
-        ws[got] = mattn__scratch_get(ws_bytes);
-        if (ws[got] == NULL) {
-            rc = mattn__fail(MATTN_ERR_NOMEM, "decode: cannot allocate %zu bytes of workspace",
-                             ws_bytes);
-            goto done;
-        }
+    got = mattn__scratch_get_each(ws, threads, ws_bytes);
+    if (got == 0) {
+        rc = mattn__fail(MATTN_ERR_NOMEM, "decode: cannot allocate %zu bytes of workspace",
+                         ws_bytes);
+        goto done;
     }
     c.ws = ws;
     mattn__parallel_for(threads, ntasks, dec_task_run, &c);
@@ -385,8 +383,7 @@ int mattn__decode_kernel(const mattn__dec *p)
         if (tiles[ti].ntasks > 1)
             merge_tile(p, &tiles[ti], tasks);
 done:
-    for (int i = 0; i < got; i++)
-        mattn__scratch_put(ws[i]);
+    mattn__scratch_put_each(ws, got);
     mattn__scratch_put(parts);
     mattn__scratch_put(tasks);
     mattn__scratch_put(tiles);

@@ -180,20 +180,17 @@ int mattn__flash_forward_kernel(const mattn__problem *p)
 
     char *ws[threads];
     int rc = MATTN_OK, got = 0;
-    for (; got < threads; got++) {
-        ws[got] = mattn__scratch_get(c.ws_bytes);
-        if (ws[got] == NULL) {
-            rc = mattn__fail(MATTN_ERR_NOMEM, "flash: cannot allocate %zu bytes of workspace",
-                             c.ws_bytes);
-            goto done;
-        }
+    got = mattn__scratch_get_each(ws, threads, c.ws_bytes);
+    if (got == 0) {
+        rc = mattn__fail(MATTN_ERR_NOMEM, "flash: cannot allocate %zu bytes of workspace",
+                         c.ws_bytes);
+        goto done;
     }
     c.ws = ws;
     mattn__blas_hold();
     mattn__parallel_for(threads, ntasks, flash_task, &c);
     mattn__blas_release();
 done:
-    for (int i = 0; i < got; i++)
-        mattn__scratch_put(ws[i]);
+    mattn__scratch_put_each(ws, got);
     return rc;
 }

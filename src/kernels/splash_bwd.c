@@ -318,13 +318,11 @@ int mattn__splash_backward_kernel(const mattn__problem *p, const mattn__grad *g,
             goto done;
         }
     }
-    for (; got < threads; got++) {
-        ws[got] = mattn__scratch_get(ws_bytes);
-        if (ws[got] == NULL) {
-            rc = mattn__fail(MATTN_ERR_NOMEM,
-                             "splash backward: cannot allocate %zu bytes of workspace", ws_bytes);
-            goto done;
-        }
+    got = mattn__scratch_get_each(ws, threads, ws_bytes);
+    if (got == 0) {
+        rc = mattn__fail(MATTN_ERR_NOMEM,
+                         "splash backward: cannot allocate %zu bytes of workspace", ws_bytes);
+        goto done;
     }
     c.prep = &prep;
     c.ws = ws;
@@ -334,8 +332,7 @@ int mattn__splash_backward_kernel(const mattn__problem *p, const mattn__grad *g,
     if (c.nsplit > 1)
         mattn__bwd_reduce_dq(p, g, c.dq_part, c.nsplit, threads);
 done:
-    for (int i = 0; i < got; i++)
-        mattn__scratch_put(ws[i]);
+    mattn__scratch_put_each(ws, got);
     mattn__scratch_put(c.dq_part);
     mattn__scratch_put(c.split_kb);
     mattn__scratch_put(cols_mem);

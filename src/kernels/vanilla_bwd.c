@@ -200,13 +200,11 @@ int mattn__vanilla_backward_kernel(const mattn__problem *p, const mattn__grad *g
     int rc = mattn__bwd_prepare(p, g, threads, &prep);
     if (rc)
         goto done;
-    for (; got < threads; got++) {
-        ws[got] = mattn__scratch_get(bytes);
-        if (ws[got] == NULL) {
-            rc = mattn__fail(MATTN_ERR_NOMEM, "vanilla backward: cannot allocate %zu bytes",
-                             bytes);
-            goto done;
-        }
+    got = mattn__scratch_get_each(ws, threads, bytes);
+    if (got == 0) {
+        rc = mattn__fail(MATTN_ERR_NOMEM, "vanilla backward: cannot allocate %zu bytes",
+                         bytes);
+        goto done;
     }
     c.prep = &prep;
     c.ws = ws;
@@ -214,8 +212,7 @@ int mattn__vanilla_backward_kernel(const mattn__problem *p, const mattn__grad *g
     mattn__parallel_for(threads, ntasks, vbwd_task, &c);
     mattn__blas_release();
 done:
-    for (int i = 0; i < got; i++)
-        mattn__scratch_put(ws[i]);
+    mattn__scratch_put_each(ws, got);
     mattn__bwd_finish(p, g, &prep);
     return rc;
 }
