@@ -55,13 +55,23 @@ static int64_t count_pieces(const mattn__runs *q, int64_t piece)
     return n;
 }
 
+/* The accumulator's pieces of ws; with ws NULL only sizes them. */
+static size_t acc_layout(mattn__ring_acc *a, const mattn__problem *b, int64_t piece,
+                         int64_t n_pieces, char *ws)
+{
+    mattn__carver cv = {ws, 0};
+    a->o_part = mattn__carve(&cv, sizeof(float), (size_t)(b->B * piece * b->Hq * b->Dv));
+    a->lse_part = mattn__carve(&cv, sizeof(float), (size_t)(b->B * b->Hq * piece));
+    /* the caller's lse is [B, Hq, T] contiguous (mattn__problem_init) */
+    a->lse = b->lse ? b->lse : mattn__carve(&cv, sizeof(float), (size_t)(b->B * b->Hq * b->T));
+    a->started = mattn__carve(&cv, 1, (size_t)n_pieces);
+    return cv.off;
+}
+
 size_t mattn__ring_acc_bytes(const mattn__problem *b, const mattn__runs *q, int64_t piece)
 {
-    size_t bytes = mattn__align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
-    bytes += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
-    if (b->lse == NULL)
-        bytes += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
-    return bytes + mattn__align64((size_t)count_pieces(q, piece));
+    mattn__ring_acc sizing;
+    return acc_layout(&sizing, b, piece, count_pieces(q, piece), NULL);
 }
 
 void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b,
@@ -74,17 +84,7 @@ void mattn__ring_acc_init(mattn__ring_acc *a, const mattn__problem *b,
     a->q = *q;
     a->piece = piece;
     a->n_pieces = count_pieces(q, piece);
-    a->o_part = (float *)ws;
-    ws += mattn__align64(sizeof(float) * (size_t)(b->B * piece * b->Hq * b->Dv));
-    a->lse_part = (float *)ws;
-    ws += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * piece));
-    if (b->lse) {
-        a->lse = b->lse; /* [B, Hq, T] contiguous (mattn__problem_init) */
-    } else {
-        a->lse = (float *)ws;
-        ws += mattn__align64(sizeof(float) * (size_t)(b->B * b->Hq * b->T));
-    }
-    a->started = (uint8_t *)ws;
+    acc_layout(a, b, piece, a->n_pieces, ws);
     memset(a->started, 0, (size_t)a->n_pieces);
 }
 
