@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cases.h"
 #include "common/refgrad.h"
 #include "core/problem.h"
 #include "kernels/kernels_bwd.h"
@@ -42,19 +43,12 @@ static void check_flash_blocks(const tc_problem *p, uint64_t seed)
     free(dout);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
-                       int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ heads, shapes */
 
 static void test_mha(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 37, 53, 3, 3, 16, 16);
+    tc_problem p = tc_seeded(1, 2, 37, 53, 3, 3, 16, 16);
     check_all_ops(&p, "thp", 1);
     check_flash_blocks(&p, 1);
     tc_free(&p);
@@ -63,11 +57,11 @@ static void test_mha(void **state)
 static void test_gqa_mqa_dv(void **state)
 {
     (void)state;
-    tc_problem p = base(2, 2, 29, 41, 6, 2, 24, 40); /* GQA, Dv != D */
+    tc_problem p = tc_seeded(2, 2, 29, 41, 6, 2, 24, 40); /* GQA, Dv != D */
     check_all_ops(&p, "thp", 2);
     check_flash_blocks(&p, 2);
     tc_free(&p);
-    p = base(3, 1, 33, 33, 4, 1, 13, 7); /* MQA, odd D */
+    p = tc_seeded(3, 1, 33, 33, 4, 1, 13, 7); /* MQA, odd D */
     check_all_ops(&p, "thpf", 3);
     check_flash_blocks(&p, 3);
     tc_free(&p);
@@ -77,7 +71,7 @@ static void test_fused_qkv(void **state)
 {
     (void)state;
     /* q/k/v slices of one fused buffer, dq/dk/dv slices of another. */
-    tc_problem p = base(4, 2, 45, 45, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(4, 2, 45, 45, 4, 2, 16, 16);
     p.causal = 1;
     check_all_ops(&p, "f", 4);
     tc_free(&p);
@@ -89,7 +83,7 @@ static void test_lengths(void **state)
     static const int64_t shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {129, 257},
                                         {257, 129}, {31, 67}, {64, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        tc_problem p = base(6 + i, 1, shapes[i][0], shapes[i][1], 2, 1, 8, 12);
+        tc_problem p = tc_seeded(6 + i, 1, shapes[i][0], shapes[i][1], 2, 1, 8, 12);
         check_all_ops(&p, "t", 6 + i);
         p.causal = 1;
         p.q_offset = p.S - p.T; /* bottom-right */
@@ -105,7 +99,7 @@ static void test_empty_sizes(void **state)
     /* S = 0: every row fully masked, dq = 0. T = 0: dk = dv = 0. B = 0. */
     static const int64_t sz[][3] = {{2, 5, 0}, {2, 0, 5}, {0, 5, 5}};
     for (size_t c = 0; c < 3; c++) {
-        tc_problem p = base(20 + c, sz[c][0], sz[c][1], sz[c][2], 2, 2, 8, 8);
+        tc_problem p = tc_seeded(20 + c, sz[c][0], sz[c][1], sz[c][2], 2, 2, 8, 8);
         check_all_ops(&p, "t", 20 + c);
         check_flash_blocks(&p, 20 + c);
         p.sinks = tl_alloc(sizeof(float) * 2);
@@ -120,12 +114,12 @@ static void test_empty_sizes(void **state)
 static void test_causal_offsets(void **state)
 {
     (void)state;
-    tc_problem p = base(30, 2, 70, 70, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(30, 2, 70, 70, 2, 1, 16, 16);
     p.causal = 1;
     check_all_ops(&p, "th", 30);
     check_flash_blocks(&p, 30);
     tc_free(&p);
-    p = base(31, 1, 40, 100, 2, 2, 16, 16);
+    p = tc_seeded(31, 1, 40, 100, 2, 2, 16, 16);
     p.causal = 1;
     static const int64_t off[][2] = {{60, 0}, {0, 0}, {1000, 990}, {-5, 0}};
     for (size_t c = 0; c < 4; c++) {
@@ -140,7 +134,7 @@ static void test_window(void **state)
 {
     (void)state;
     static const int64_t w[][2] = {{5, 0}, {0, 5}, {3, 7}, {-1, 4}, {4, -1}, {0, 0}, {200, 200}};
-    tc_problem p = base(40, 1, 90, 110, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(40, 1, 90, 110, 2, 1, 16, 16);
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
         p.window_left = w[i][0], p.window_right = w[i][1];
         p.causal = 0;
@@ -156,7 +150,7 @@ static void test_window(void **state)
 static void test_chunk(void **state)
 {
     (void)state;
-    tc_problem p = base(50, 2, 77, 77, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(50, 2, 77, 77, 2, 2, 8, 8);
     p.chunk = 8;
     check_all_ops(&p, "t", 50);
     p.causal = 1; /* chunked causal */
@@ -171,35 +165,20 @@ static void test_chunk(void **state)
     tc_free(&p);
 }
 
-static void random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
-{
-    for (int64_t b = 0; b < B; b++) {
-        int32_t id = 0;
-        for (int64_t i = 0; i < L; i++) {
-            if (tl_int(r, 9) == 0)
-                id++;
-            ids[b * L + i] = id % nseg;
-        }
-        for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
-            ids[b * L + i] = -1; /* padding tail */
-    }
-}
-
 static void test_segments(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(60);
     tc_problem p = tc_make(&r, 2, 81, 81, 2, 1, 16, 16, 1.0);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 81);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 81);
-    random_segments(&r, p.q_seg, 2, 81, 1000);
+    tc_add_segments(&p);
+    tc_random_segments(&r, p.q_seg, 2, 81, 1000);
     memcpy(p.kv_seg, p.q_seg, sizeof(int32_t) * 2 * 81);
     check_all_ops(&p, "th", 60);
     p.causal = 1;
     check_all_ops(&p, "t", 61);
     check_flash_blocks(&p, 61);
-    random_segments(&r, p.kv_seg, 2, 81, 3); /* cross attention with packing */
-    random_segments(&r, p.q_seg, 2, 81, 3);
+    tc_random_segments(&r, p.kv_seg, 2, 81, 3); /* cross attention with packing */
+    tc_random_segments(&r, p.q_seg, 2, 81, 3);
     p.causal = 0;
     check_all_ops(&p, "t", 62);
     tc_free(&p);
@@ -212,9 +191,8 @@ static void test_mask_broadcast(void **state)
     for (size_t c = 0; c < 4; c++) {
         tl_rng r = tl_rng_make(70 + c);
         tc_problem p = tc_make(&r, 2, 33, 47, 4, 2, 16, 16, 1.0);
-        p.mask_b = dims[c][0], p.mask_h = dims[c][1];
+        tc_add_mask(&p, dims[c][0], dims[c][1]);
         int64_t n = p.mask_b * p.mask_h * p.T * p.S;
-        p.mask = tl_alloc((size_t)n);
         for (int64_t x = 0; x < n; x++)
             p.mask[x] = (uint8_t)(tl_int(&r, 3) != 0 ? 1 + tl_int(&r, 200) : 0);
         check_all_ops(&p, "th", 70 + c);
@@ -233,10 +211,7 @@ static void test_bias_broadcast(void **state)
     for (size_t c = 0; c < 4; c++) {
         tl_rng r = tl_rng_make(80 + c);
         tc_problem p = tc_make(&r, 2, 31, 43, 4, 2, 16, 16, 1.0);
-        p.bias_b = dims[c][0], p.bias_h = dims[c][1];
-        int64_t n = p.bias_b * p.bias_h * p.T * p.S;
-        p.bias = tl_alloc(sizeof(float) * (size_t)n);
-        tl_fill(&r, p.bias, n, 3.0);
+        tc_random_bias(&r, &p, dims[c][0], dims[c][1], 3.0);
         check_all_ops(&p, "th", 80 + c);
         check_flash_blocks(&p, 80 + c);
         float *dout = rg_random_dout(&r, &p);
@@ -281,12 +256,7 @@ static void test_huge_logits(void **state)
     /* Exact small-integer dot products with scale 1: logits ~1e4. */
     tl_rng r = tl_rng_make(110);
     tc_problem p = tc_make(&r, 1, 30, 70, 2, 1, 16, 16, 1.0);
-    for (int64_t x = 0; x < p.T * p.Hq * p.D; x++)
-        p.q[x] = (float)(tl_int(&r, 51) - 25);
-    for (int64_t x = 0; x < p.S * p.Hkv * p.D; x++)
-        p.k[x] = (float)(tl_int(&r, 51) - 25);
-    p.scale = 1.0;
-    p.exact_dots = 1;
+    tc_exact_logits(&r, &p);
     check_all_ops(&p, "t", 110);
     p.scale = -1.0, p.causal = 1;
     check_all_ops(&p, "t", 111);
@@ -296,7 +266,7 @@ static void test_huge_logits(void **state)
 static void test_scale(void **state)
 {
     (void)state;
-    tc_problem p = base(5, 1, 20, 30, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(5, 1, 20, 30, 2, 1, 16, 16);
     p.scale = 0.37;
     check_all_ops(&p, "t", 5);
     p.scale = -1.25;
@@ -309,7 +279,7 @@ static void test_scale(void **state)
 static void test_dropout(void **state)
 {
     (void)state;
-    tc_problem p = base(120, 2, 37, 45, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(120, 2, 37, 45, 4, 2, 16, 16);
     p.dropout_p = 0.3f, p.seed = 1234;
     check_all_ops(&p, "th", 120);
     check_flash_blocks(&p, 120);
@@ -331,11 +301,10 @@ static void test_fully_masked_rows(void **state)
     tl_rng r = tl_rng_make(140);
     tc_problem p = tc_make(&r, 1, 20, 20, 2, 2, 8, 8, 1.0);
     p.causal = 1, p.q_offset = -5;
-    p.mask_b = p.mask_h = 1;
-    p.mask = tl_alloc(20 * 20);
+    tc_add_mask(&p, 1, 1);
     memset(p.mask, 1, 20 * 20);
     memset(p.mask + 5 * 20, 0, 20);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 20), p.kv_seg = tl_alloc(sizeof(int32_t) * 20);
+    tc_add_segments(&p);
     p.q_seg[19] = -1;
     check_all_ops(&p, "t", 140);
 
@@ -376,7 +345,7 @@ static void test_threads(void **state)
     (void)state;
     /* Many (b, kv head) pairs (one task each), then few: MQA with B = 1 has
      * one pair, so flash splits the kv range and sums dq partials. */
-    tc_problem p = base(180, 2, 300, 300, 4, 2, 32, 32);
+    tc_problem p = tc_seeded(180, 2, 300, 300, 4, 2, 32, 32);
     p.causal = 1;
     tl_rng r = tl_rng_make(181);
     float *dout = rg_random_dout(&r, &p);
@@ -386,12 +355,9 @@ static void test_threads(void **state)
     }
     free(dout);
     tc_free(&p);
-    p = base(182, 1, 333, 517, 4, 1, 24, 16);
-    p.sinks = tl_alloc(sizeof(float) * 4);
-    tl_fill(&r, p.sinks, 4, 1.0);
-    p.bias_b = p.bias_h = 1;
-    p.bias = tl_alloc(sizeof(float) * 333 * 517);
-    tl_fill(&r, p.bias, 333 * 517, 1.0);
+    p = tc_seeded(182, 1, 333, 517, 4, 1, 24, 16);
+    tc_random_sinks(&r, &p, 1.0);
+    tc_random_bias(&r, &p, 1, 1, 1.0);
     dout = rg_random_dout(&r, &p);
     for (int th = 2; th <= 3; th++)
         assert_int_equal(rg_run_and_check("flash", &p, dout, 'h', th, 16, 64), MATTN_OK);
@@ -408,9 +374,7 @@ static void test_flash_panels(void **state)
     tl_rng r = tl_rng_make(210);
     tc_problem p = tc_make(&r, 1, 150, 130, 4, 2, 16, 8, 1.0);
     p.causal = 1, p.q_offset = 20;
-    p.bias_b = 1, p.bias_h = 4;
-    p.bias = tl_alloc(sizeof(float) * 4 * 150 * 130);
-    tl_fill(&r, p.bias, 4 * 150 * 130, 1.0);
+    tc_random_bias(&r, &p, 1, 4, 1.0);
     float *dout = rg_random_dout(&r, &p);
     setenv("MATTN_FLASH_BWD_PANEL", "40", 1);
     assert_int_equal(rg_run_and_check("flash", &p, dout, 'h', 1, 8, 16), MATTN_OK);
@@ -433,52 +397,11 @@ static int unset_panel_env(void **state)
 static void test_random_combinations(void **state)
 {
     (void)state;
+    static const tc_random_spec spec = {.max_len = 120, .max_dim = 40, .max_span = 40,
+                                        .kv_offset = 1, .mask = 1, .bias = 1, .scale = 1};
     for (int iter = 0; iter < 20; iter++) {
         tl_rng r = tl_rng_make(1000 + iter);
-        int64_t Hkv = 1 + tl_int(&r, 3), G = 1 + tl_int(&r, 3);
-        int64_t T = 1 + tl_int(&r, 120), S = 1 + tl_int(&r, 120);
-        int64_t D = 1 + tl_int(&r, 40), Dv = 1 + tl_int(&r, 40);
-        int64_t B = 1 + tl_int(&r, 2);
-        tc_problem p = tc_make(&r, B, T, S, Hkv * G, Hkv, D, Dv, 1.0);
-        p.causal = (int)tl_int(&r, 2);
-        p.q_offset = tl_int(&r, 3) == 0 ? S - T : tl_int(&r, 20) - 5;
-        p.kv_offset = tl_int(&r, 3) == 0 ? tl_int(&r, 10) : 0;
-        if (tl_int(&r, 2))
-            p.window_left = tl_int(&r, 40) - 1, p.window_right = tl_int(&r, 40) - 1;
-        if (tl_int(&r, 3) == 0)
-            p.chunk = 1 + tl_int(&r, 40);
-        if (tl_int(&r, 3) == 0) {
-            p.q_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * T));
-            p.kv_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * S));
-            for (int64_t x = 0; x < B * T; x++)
-                p.q_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-            for (int64_t x = 0; x < B * S; x++)
-                p.kv_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.mask_b = tl_int(&r, 2) ? B : 1, p.mask_h = tl_int(&r, 2) ? p.Hq : 1;
-            int64_t n = p.mask_b * p.mask_h * T * S;
-            p.mask = tl_alloc((size_t)n);
-            for (int64_t x = 0; x < n; x++)
-                p.mask[x] = (uint8_t)(tl_int(&r, 4) != 0);
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.bias_b = tl_int(&r, 2) ? B : 1, p.bias_h = tl_int(&r, 2) ? p.Hq : 1;
-            int64_t n = p.bias_b * p.bias_h * T * S;
-            p.bias = tl_alloc(sizeof(float) * (size_t)n);
-            tl_fill(&r, p.bias, n, 2.0);
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.sinks = tl_alloc(sizeof(float) * (size_t)p.Hq);
-            tl_fill(&r, p.sinks, p.Hq, 3.0);
-        }
-        if (tl_int(&r, 3) == 0)
-            p.softcap = 1.0 + 10.0 * tl_uniform(&r);
-        if (tl_int(&r, 3) == 0)
-            p.dropout_p = (float)(0.8 * tl_uniform(&r)), p.seed = (uint64_t)iter;
-        if (tl_int(&r, 3) == 0)
-            p.scale = 0.05 + tl_uniform(&r);
-
+        tc_problem p = tc_random_problem(&r, &spec, (uint64_t)iter);
         float *dout = rg_random_dout(&r, &p);
         char layout = "thp"[tl_int(&r, 3)];
         for (int op = 0; op < N_OPS; op++)
@@ -495,30 +418,7 @@ static void test_everything_at_once(void **state)
     (void)state;
     tl_rng r = tl_rng_make(130);
     tc_problem p = tc_make(&r, 2, 96, 160, 6, 2, 20, 12, 1.0);
-    p.causal = 1, p.q_offset = 64;
-    p.window_left = 50, p.window_right = 3;
-    p.chunk = 64;
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 96);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 160);
-    for (int64_t b = 0; b < 2; b++) {
-        for (int64_t i = 0; i < 96; i++)
-            p.q_seg[b * 96 + i] = (int32_t)((i + 64) / 40);
-        for (int64_t j = 0; j < 160; j++)
-            p.kv_seg[b * 160 + j] = (int32_t)(j / 40);
-        p.q_seg[b * 96 + 95] = -1;
-    }
-    p.mask_b = 1, p.mask_h = 6;
-    p.mask = tl_alloc(6 * 96 * 160);
-    for (int64_t x = 0; x < 6 * 96 * 160; x++)
-        p.mask[x] = (uint8_t)(tl_int(&r, 5) != 0);
-    p.bias_b = 2, p.bias_h = 1;
-    p.bias = tl_alloc(sizeof(float) * 2 * 96 * 160);
-    tl_fill(&r, p.bias, 2 * 96 * 160, 1.0);
-    p.sinks = tl_alloc(sizeof(float) * 6);
-    tl_fill(&r, p.sinks, 6, 2.0);
-    p.softcap = 8.0;
-    p.dropout_p = 0.25f, p.seed = 5;
-    p.scale = 0.3;
+    tc_every_option(&r, &p); /* q_offset = S - T = 64 */
     check_all_ops(&p, "thp", 130);
     check_flash_blocks(&p, 130);
     tc_free(&p);
@@ -535,8 +435,7 @@ static void test_after_library_forward(void **state)
     tl_rng r = tl_rng_make(150);
     tc_problem p = tc_make(&r, 2, 100, 130, 4, 2, 32, 24, 1.0);
     p.causal = 1, p.q_offset = 30;
-    p.sinks = tl_alloc(sizeof(float) * 4);
-    tl_fill(&r, p.sinks, 4, 1.0);
+    tc_random_sinks(&r, &p, 1.0);
     p.softcap = 4.0, p.dropout_p = 0.2f, p.seed = 3;
     const int64_t B = 2, T = 100, S = 130, Hq = 4, Hkv = 2, D = 32, Dv = 24;
     size_t no = (size_t)(B * T * Hq * Dv), nl = (size_t)(B * Hq * T);
@@ -677,7 +576,7 @@ static void test_inconsistent_lse(void **state)
     (void)state;
     /* An lse far below the row's logits (not the forward's) cannot give
      * right gradients, but must not give inf/NaN either: P stays <= 1. */
-    tc_problem p = base(200, 1, 40, 40, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(200, 1, 40, 40, 2, 1, 16, 16);
     tl_rng r = tl_rng_make(201);
     float *dout = rg_random_dout(&r, &p);
     float o[40 * 2 * 16], lse[2 * 40], dq[40 * 2 * 16], dk[40 * 16], dv[40 * 16];
@@ -743,14 +642,11 @@ static void test_accumulate_contract(void **state)
     const int64_t B = 2, T = 50, S = 70, Hq = 4, Hkv = 2, D = 16, Dv = 8;
     tp.causal = 1, tp.q_offset = 20, tp.window_left = 40, tp.window_right = -1;
     tp.dropout_p = 0.3f, tp.seed = 8;
-    tp.sinks = tl_alloc(sizeof(float) * Hq);
-    tl_fill(&r, tp.sinks, Hq, 1.0);
-    tp.bias_b = 2, tp.bias_h = 1;
-    tp.bias = tl_alloc(sizeof(float) * 2 * T * S);
-    tl_fill(&r, tp.bias, 2 * T * S, 1.0);
-    tp.q_seg = tl_alloc(sizeof(int32_t) * B * T), tp.kv_seg = tl_alloc(sizeof(int32_t) * B * S);
-    random_segments(&r, tp.q_seg, B, T, 2);
-    random_segments(&r, tp.kv_seg, B, S, 2);
+    tc_random_sinks(&r, &tp, 1.0);
+    tc_random_bias(&r, &tp, 2, 1, 1.0);
+    tc_add_segments(&tp);
+    tc_random_segments(&r, tp.q_seg, B, T, 2);
+    tc_random_segments(&r, tp.kv_seg, B, S, 2);
     float *dout = rg_random_dout(&r, &tp);
     rg_inputs in = rg_inputs_make(&tp, dout);
     rg_grads ref = rg_backward(&tp, &in, NULL);

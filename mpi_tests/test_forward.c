@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/testlib.h"
+#include "common/cases.h"
 
 static const char *const OPS[] = {"vanilla", "flash", "sdpa"};
 #define N_OPS 3
@@ -19,19 +19,12 @@ static void check_all_ops(const tc_problem *p, const char *layouts)
             assert_int_equal(tc_run_and_check(OPS[op], p, *l, 1), MATTN_OK);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq,
-                       int64_t Hkv, int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ heads, shapes */
 
 static void test_mha(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 37, 53, 3, 3, 16, 16);
+    tc_problem p = tc_seeded(1, 2, 37, 53, 3, 3, 16, 16);
     check_all_ops(&p, "thp");
     tc_free(&p);
 }
@@ -39,10 +32,10 @@ static void test_mha(void **state)
 static void test_gqa_mqa_dv(void **state)
 {
     (void)state;
-    tc_problem p = base(2, 2, 29, 41, 6, 2, 24, 40); /* GQA, Dv != D */
+    tc_problem p = tc_seeded(2, 2, 29, 41, 6, 2, 24, 40); /* GQA, Dv != D */
     check_all_ops(&p, "thp");
     tc_free(&p);
-    p = base(3, 1, 33, 33, 4, 1, 13, 7); /* MQA, D not a multiple of 8 */
+    p = tc_seeded(3, 1, 33, 33, 4, 1, 13, 7); /* MQA, D not a multiple of 8 */
     check_all_ops(&p, "thpf");
     tc_free(&p);
 }
@@ -50,7 +43,7 @@ static void test_gqa_mqa_dv(void **state)
 static void test_fused_qkv(void **state)
 {
     (void)state;
-    tc_problem p = base(4, 2, 45, 45, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(4, 2, 45, 45, 4, 2, 16, 16);
     p.causal = 1;
     check_all_ops(&p, "f");
     tc_free(&p);
@@ -59,7 +52,7 @@ static void test_fused_qkv(void **state)
 static void test_scale(void **state)
 {
     (void)state;
-    tc_problem p = base(5, 1, 20, 30, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(5, 1, 20, 30, 2, 1, 16, 16);
     p.scale = 0.37;
     check_all_ops(&p, "t");
     p.scale = -1.25; /* any finite non-zero scale is honoured */
@@ -74,7 +67,7 @@ static void test_lengths(void **state)
     static const int64_t shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {129, 257},
                                         {257, 129}, {255, 513}, {64, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        tc_problem p = base(6 + i, 1, shapes[i][0], shapes[i][1], 2, 1, 8, 8);
+        tc_problem p = tc_seeded(6 + i, 1, shapes[i][0], shapes[i][1], 2, 1, 8, 8);
         check_all_ops(&p, "t");
         p.causal = 1;
         p.q_offset = p.S - p.T; /* bottom-right so no row is empty */
@@ -87,13 +80,13 @@ static void test_empty_sizes(void **state)
 {
     (void)state;
     /* S = 0: every row is fully masked. B = 0 and T = 0: nothing to do. */
-    tc_problem p = base(20, 2, 5, 0, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(20, 2, 5, 0, 2, 2, 8, 8);
     check_all_ops(&p, "t");
     tc_free(&p);
-    p = base(21, 0, 5, 5, 2, 2, 8, 8);
+    p = tc_seeded(21, 0, 5, 5, 2, 2, 8, 8);
     check_all_ops(&p, "t");
     tc_free(&p);
-    p = base(22, 1, 0, 5, 2, 2, 8, 8);
+    p = tc_seeded(22, 1, 0, 5, 2, 2, 8, 8);
     check_all_ops(&p, "t");
     tc_free(&p);
 }
@@ -103,11 +96,11 @@ static void test_empty_sizes(void **state)
 static void test_causal_offsets(void **state)
 {
     (void)state;
-    tc_problem p = base(30, 2, 70, 70, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(30, 2, 70, 70, 2, 1, 16, 16);
     p.causal = 1;
     check_all_ops(&p, "th");
     tc_free(&p);
-    p = base(31, 1, 40, 100, 2, 2, 16, 16);
+    p = tc_seeded(31, 1, 40, 100, 2, 2, 16, 16);
     p.causal = 1;
     p.q_offset = 60; /* bottom-right: decode/chunked-prefill alignment */
     check_all_ops(&p, "t");
@@ -124,7 +117,7 @@ static void test_window(void **state)
 {
     (void)state;
     static const int64_t w[][2] = {{5, 0}, {0, 5}, {3, 7}, {-1, 4}, {4, -1}, {0, 0}, {200, 200}};
-    tc_problem p = base(40, 1, 90, 110, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(40, 1, 90, 110, 2, 1, 16, 16);
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
         p.window_left = w[i][0], p.window_right = w[i][1];
         p.causal = 0;
@@ -138,7 +131,7 @@ static void test_window(void **state)
 static void test_chunk(void **state)
 {
     (void)state;
-    tc_problem p = base(50, 2, 77, 77, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(50, 2, 77, 77, 2, 2, 8, 8);
     p.chunk = 8;
     check_all_ops(&p, "t");
     p.causal = 1; /* chunked causal (splash ChunkedCausalMask) */
@@ -152,35 +145,20 @@ static void test_chunk(void **state)
     tc_free(&p);
 }
 
-static void random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
-{
-    for (int64_t b = 0; b < B; b++) {
-        int32_t id = 0;
-        for (int64_t i = 0; i < L; i++) {
-            if (tl_int(r, 9) == 0)
-                id++;
-            ids[b * L + i] = id % nseg;
-        }
-        for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
-            ids[b * L + i] = -1; /* padding tail */
-    }
-}
-
 static void test_segments(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(60);
     tc_problem p = tc_make(&r, 2, 81, 81, 2, 1, 16, 16, 1.0);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 81);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 81);
-    random_segments(&r, p.q_seg, 2, 81, 1000);
+    tc_add_segments(&p);
+    tc_random_segments(&r, p.q_seg, 2, 81, 1000);
     memcpy(p.kv_seg, p.q_seg, sizeof(int32_t) * 2 * 81);
     check_all_ops(&p, "th");
     p.causal = 1;
     check_all_ops(&p, "t");
     /* kv ids differ from q ids (cross attention with packing) */
-    random_segments(&r, p.kv_seg, 2, 81, 3);
-    random_segments(&r, p.q_seg, 2, 81, 3);
+    tc_random_segments(&r, p.kv_seg, 2, 81, 3);
+    tc_random_segments(&r, p.q_seg, 2, 81, 3);
     p.causal = 0;
     check_all_ops(&p, "t");
     tc_free(&p);
@@ -193,9 +171,8 @@ static void test_mask_broadcast(void **state)
     for (size_t c = 0; c < 4; c++) {
         tl_rng r = tl_rng_make(70 + c);
         tc_problem p = tc_make(&r, 2, 33, 47, 4, 2, 16, 16, 1.0);
-        p.mask_b = dims[c][0], p.mask_h = dims[c][1];
+        tc_add_mask(&p, dims[c][0], dims[c][1]);
         int64_t n = p.mask_b * p.mask_h * p.T * p.S;
-        p.mask = tl_alloc((size_t)n);
         for (int64_t x = 0; x < n; x++)
             p.mask[x] = (uint8_t)(tl_int(&r, 3) != 0 ? 1 + tl_int(&r, 200) : 0);
         check_all_ops(&p, "th");
@@ -210,10 +187,7 @@ static void test_bias_broadcast(void **state)
     for (size_t c = 0; c < 4; c++) {
         tl_rng r = tl_rng_make(80 + c);
         tc_problem p = tc_make(&r, 2, 31, 43, 4, 1, 16, 16, 1.0);
-        p.bias_b = dims[c][0], p.bias_h = dims[c][1];
-        int64_t n = p.bias_b * p.bias_h * p.T * p.S;
-        p.bias = tl_alloc(sizeof(float) * (size_t)n);
-        tl_fill(&r, p.bias, n, 3.0);
+        tc_random_bias(&r, &p, dims[c][0], dims[c][1], 3.0);
         check_all_ops(&p, "th");
         tc_free(&p);
     }
@@ -253,12 +227,7 @@ static void test_huge_logits(void **state)
      * logits reach ~1e4, where a naive exp overflows. */
     tl_rng r = tl_rng_make(110);
     tc_problem p = tc_make(&r, 1, 30, 70, 2, 1, 16, 16, 1.0);
-    for (int64_t x = 0; x < p.T * p.Hq * p.D; x++)
-        p.q[x] = (float)(tl_int(&r, 51) - 25);
-    for (int64_t x = 0; x < p.S * p.Hkv * p.D; x++)
-        p.k[x] = (float)(tl_int(&r, 51) - 25);
-    p.scale = 1.0;
-    p.exact_dots = 1;
+    tc_exact_logits(&r, &p);
     check_all_ops(&p, "t");
     p.scale = -1.0;
     p.causal = 1;
@@ -271,7 +240,7 @@ static void test_huge_logits(void **state)
 static void test_dropout(void **state)
 {
     (void)state;
-    tc_problem p = base(120, 2, 37, 45, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(120, 2, 37, 45, 4, 2, 16, 16);
     p.dropout_p = 0.3f;
     p.seed = 1234;
     check_all_ops(&p, "th");
@@ -287,7 +256,7 @@ static void test_dropout_identical_across_ops(void **state)
     (void)state;
     /* The same entries are dropped by vanilla and flash: with 1-thread runs
      * the outputs agree far below the reference tolerance. */
-    tc_problem p = base(121, 1, 64, 64, 2, 2, 16, 16);
+    tc_problem p = tc_seeded(121, 1, 64, 64, 2, 2, 16, 16);
     p.dropout_p = 0.5f, p.seed = 7;
     mattn_options o = tc_options(&p);
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 64, 2, 16), k = mattn_tensor_bthd(p.k, 1, 64, 2, 16),
@@ -356,59 +325,17 @@ static void test_dropout_threshold_edge(void **state)
 static void test_random_combinations(void **state)
 {
     (void)state;
+    static const tc_random_spec spec = {.max_len = 150, .max_dim = 40, .max_span = 40,
+                                        .kv_offset = 1, .mask = 1, .bias = 1, .scale = 1};
     for (int iter = 0; iter < 24; iter++) {
         tl_rng r = tl_rng_make(1000 + iter);
-        int64_t Hkv = 1 + tl_int(&r, 3), G = 1 + tl_int(&r, 3);
-        int64_t T = 1 + tl_int(&r, 150), S = 1 + tl_int(&r, 150);
-        int64_t D = 1 + tl_int(&r, 40), Dv = 1 + tl_int(&r, 40);
-        int64_t B = 1 + tl_int(&r, 2);
-        tc_problem p = tc_make(&r, B, T, S, Hkv * G, Hkv, D, Dv, 1.0);
-        p.causal = (int)tl_int(&r, 2);
-        p.q_offset = tl_int(&r, 3) == 0 ? S - T : tl_int(&r, 20) - 5;
-        p.kv_offset = tl_int(&r, 3) == 0 ? tl_int(&r, 10) : 0;
-        if (tl_int(&r, 2))
-            p.window_left = tl_int(&r, 40) - 1, p.window_right = tl_int(&r, 40) - 1;
-        if (tl_int(&r, 3) == 0)
-            p.chunk = 1 + tl_int(&r, 40);
-        if (tl_int(&r, 3) == 0) {
-            p.q_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * T));
-            p.kv_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * S));
-            for (int64_t x = 0; x < B * T; x++)
-                p.q_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-            for (int64_t x = 0; x < B * S; x++)
-                p.kv_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.mask_b = tl_int(&r, 2) ? B : 1, p.mask_h = tl_int(&r, 2) ? p.Hq : 1;
-            int64_t n = p.mask_b * p.mask_h * T * S;
-            p.mask = tl_alloc((size_t)n);
-            for (int64_t x = 0; x < n; x++)
-                p.mask[x] = (uint8_t)(tl_int(&r, 4) != 0);
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.bias_b = tl_int(&r, 2) ? B : 1, p.bias_h = tl_int(&r, 2) ? p.Hq : 1;
-            int64_t n = p.bias_b * p.bias_h * T * S;
-            p.bias = tl_alloc(sizeof(float) * (size_t)n);
-            tl_fill(&r, p.bias, n, 2.0);
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.sinks = tl_alloc(sizeof(float) * (size_t)p.Hq);
-            tl_fill(&r, p.sinks, p.Hq, 3.0);
-        }
-        if (tl_int(&r, 3) == 0)
-            p.softcap = 1.0 + 10.0 * tl_uniform(&r);
-        if (tl_int(&r, 3) == 0)
-            p.dropout_p = (float)(0.8 * tl_uniform(&r)), p.seed = (uint64_t)iter;
-        if (tl_int(&r, 3) == 0)
-            p.scale = 0.05 + tl_uniform(&r);
-
+        tc_problem p = tc_random_problem(&r, &spec, (uint64_t)iter);
+        const int64_t B = p.B, T = p.T, S = p.S, Hkv = p.Hkv, D = p.D, Dv = p.Dv;
         char layout = "thp"[tl_int(&r, 3)];
         for (int op = 0; op < N_OPS; op++)
             assert_int_equal(tc_run_and_check(OPS[op], &p, layout, 1), MATTN_OK);
 
         /* flash with odd block sizes and 2 threads */
-        tc_problem q = p;
-        (void)q;
         mattn_options o = tc_options(&p);
         o.block_q = 1 + (int)tl_int(&r, 20);
         o.block_kv = 1 + (int)tl_int(&r, 40);
@@ -436,30 +363,7 @@ static void test_everything_at_once(void **state)
     (void)state;
     tl_rng r = tl_rng_make(130);
     tc_problem p = tc_make(&r, 2, 96, 160, 6, 2, 20, 12, 1.0);
-    p.causal = 1, p.q_offset = 64;
-    p.window_left = 50, p.window_right = 3;
-    p.chunk = 64;
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 96);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 160);
-    for (int64_t b = 0; b < 2; b++) {
-        for (int64_t i = 0; i < 96; i++)
-            p.q_seg[b * 96 + i] = (int32_t)((i + 64) / 40);
-        for (int64_t j = 0; j < 160; j++)
-            p.kv_seg[b * 160 + j] = (int32_t)(j / 40);
-        p.q_seg[b * 96 + 95] = -1;
-    }
-    p.mask_b = 1, p.mask_h = 6;
-    p.mask = tl_alloc(6 * 96 * 160);
-    for (int64_t x = 0; x < 6 * 96 * 160; x++)
-        p.mask[x] = (uint8_t)(tl_int(&r, 5) != 0);
-    p.bias_b = 2, p.bias_h = 1;
-    p.bias = tl_alloc(sizeof(float) * 2 * 96 * 160);
-    tl_fill(&r, p.bias, 2 * 96 * 160, 1.0);
-    p.sinks = tl_alloc(sizeof(float) * 6);
-    tl_fill(&r, p.sinks, 6, 2.0);
-    p.softcap = 8.0;
-    p.dropout_p = 0.25f, p.seed = 5;
-    p.scale = 0.3;
+    tc_every_option(&r, &p); /* q_offset = S - T = 64 */
     check_all_ops(&p, "thp");
     assert_int_equal(tc_run_and_check("flash", &p, 't', 2), MATTN_OK);
     tc_free(&p);
@@ -475,8 +379,7 @@ static void test_fully_masked_rows(void **state)
     tl_rng r = tl_rng_make(140);
     tc_problem p = tc_make(&r, 1, 20, 20, 2, 2, 8, 8, 1.0);
     p.causal = 1, p.q_offset = -5;
-    p.mask_b = 1, p.mask_h = 1;
-    p.mask = tl_alloc(20 * 20);
+    tc_add_mask(&p, 1, 1);
     memset(p.mask, 1, 20 * 20);
     memset(p.mask + 5 * 20, 0, 20);
     check_all_ops(&p, "t");
@@ -498,7 +401,7 @@ static void test_fully_masked_rows(void **state)
 static void test_lse_optional(void **state)
 {
     (void)state;
-    tc_problem p = base(150, 1, 16, 16, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(150, 1, 16, 16, 2, 2, 8, 8);
     mattn_options o = tc_options(&p);
     float out[16 * 2 * 8];
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 16, 2, 8), k = mattn_tensor_bthd(p.k, 1, 16, 2, 8),
@@ -515,8 +418,7 @@ static void test_vanilla_weights(void **state)
     tl_rng r = tl_rng_make(160);
     tc_problem p = tc_make(&r, 2, 23, 31, 4, 2, 16, 16, 1.0);
     p.causal = 1, p.q_offset = 3;
-    p.sinks = tl_alloc(sizeof(float) * 4);
-    tl_fill(&r, p.sinks, 4, 1.0);
+    tc_random_sinks(&r, &p, 1.0);
     p.dropout_p = 0.4f; /* weights are reported before dropout */
     mattn_options o = tc_options(&p);
     size_t nw = 2 * 4 * 23 * 31;
@@ -535,7 +437,7 @@ static void test_vanilla_weights(void **state)
 static void test_sdpa_reports_kernel(void **state)
 {
     (void)state;
-    tc_problem p = base(170, 1, 200, 200, 2, 2, 16, 16);
+    tc_problem p = tc_seeded(170, 1, 200, 200, 2, 2, 16, 16);
     mattn_options o = tc_options(&p);
     float *out = tl_alloc(sizeof(float) * 200 * 2 * 16);
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 200, 2, 16), k = mattn_tensor_bthd(p.k, 1, 200, 2, 16),
@@ -555,7 +457,7 @@ static void test_sdpa_reports_kernel(void **state)
 static void test_threads(void **state)
 {
     (void)state;
-    tc_problem p = base(180, 2, 300, 300, 4, 2, 32, 32);
+    tc_problem p = tc_seeded(180, 2, 300, 300, 4, 2, 32, 32);
     p.causal = 1;
     for (int op = 0; op < N_OPS; op++) {
         assert_int_equal(tc_run_and_check(OPS[op], &p, 't', 2), MATTN_OK);

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/testlib.h"
+#include "common/cases.h"
 
 /* ------------------------------------------------------------------ shards */
 
@@ -308,19 +308,12 @@ static void check_everywhere(const tc_problem *p, int block_q, int threads)
     ref_free(&r);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq,
-                       int64_t Hkv, int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ tests */
 
 static void test_plain(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 61, 61, 2, 2, 16, 16); /* 61: uneven for 2, 3, 4 ranks */
+    tc_problem p = tc_seeded(1, 2, 61, 61, 2, 2, 16, 16); /* 61: uneven for 2, 3, 4 ranks */
     check_everywhere(&p, 0, 1);
     tc_free(&p);
 }
@@ -328,7 +321,7 @@ static void test_plain(void **state)
 static void test_causal_gqa(void **state)
 {
     (void)state;
-    tc_problem p = base(2, 2, 97, 97, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(2, 2, 97, 97, 4, 2, 16, 16);
     p.causal = 1;
     check_everywhere(&p, 0, 1);
     tc_free(&p);
@@ -337,7 +330,7 @@ static void test_causal_gqa(void **state)
 static void test_cross_lengths_offsets(void **state)
 {
     (void)state;
-    tc_problem p = base(3, 1, 40, 101, 2, 1, 16, 12); /* T != S, Dv != D */
+    tc_problem p = tc_seeded(3, 1, 40, 101, 2, 1, 16, 12); /* T != S, Dv != D */
     p.causal = 1;
     p.q_offset = 61; /* bottom-right: chunked prefill */
     check_everywhere(&p, 0, 1);
@@ -353,7 +346,7 @@ static void test_window(void **state)
 {
     (void)state;
     static const int64_t w[][2] = {{5, 0}, {3, 7}, {0, 0}, {-1, 4}, {9, -1}, {40, 40}};
-    tc_problem p = base(4, 1, 83, 83, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(4, 1, 83, 83, 2, 1, 8, 8);
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
         p.window_left = w[i][0], p.window_right = w[i][1];
         p.causal = (int)(i % 2);
@@ -365,7 +358,7 @@ static void test_window(void **state)
 static void test_chunk(void **state)
 {
     (void)state;
-    tc_problem p = base(5, 2, 77, 77, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(5, 2, 77, 77, 2, 2, 8, 8);
     p.chunk = 8;
     p.causal = 1; /* chunked causal */
     check_everywhere(&p, 0, 1);
@@ -374,32 +367,17 @@ static void test_chunk(void **state)
     tc_free(&p);
 }
 
-static void random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
-{
-    for (int64_t b = 0; b < B; b++) {
-        int32_t id = 0;
-        for (int64_t i = 0; i < L; i++) {
-            if (tl_int(r, 9) == 0)
-                id++;
-            ids[b * L + i] = id % nseg;
-        }
-        for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
-            ids[b * L + i] = -1; /* padding tail */
-    }
-}
-
 static void test_segments(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(6);
     tc_problem p = tc_make(&r, 2, 71, 71, 4, 2, 16, 16, 1.0);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
-    random_segments(&r, p.q_seg, 2, 71, 1000);
+    tc_add_segments(&p);
+    tc_random_segments(&r, p.q_seg, 2, 71, 1000);
     memcpy(p.kv_seg, p.q_seg, sizeof(int32_t) * 2 * 71);
     p.causal = 1;
     check_everywhere(&p, 0, 1);
-    random_segments(&r, p.kv_seg, 2, 71, 3); /* kv ids of their own */
+    tc_random_segments(&r, p.kv_seg, 2, 71, 3); /* kv ids of their own */
     p.causal = 0;
     check_everywhere(&p, 0, 1);
     tc_free(&p);
@@ -412,14 +390,8 @@ static void test_mask_bias(void **state)
     for (size_t c = 0; c < 4; c++) {
         tl_rng r = tl_rng_make(7 + c);
         tc_problem p = tc_make(&r, 2, 45, 53, 4, 2, 8, 8, 1.0);
-        p.mask_b = dims[c][0], p.mask_h = dims[c][1];
-        p.bias_b = dims[3 - c][0], p.bias_h = dims[3 - c][1];
-        int64_t nm = p.mask_b * p.mask_h * p.T * p.S, nb = p.bias_b * p.bias_h * p.T * p.S;
-        p.mask = tl_alloc((size_t)nm);
-        for (int64_t x = 0; x < nm; x++)
-            p.mask[x] = (uint8_t)(tl_int(&r, 3) != 0);
-        p.bias = tl_alloc(sizeof(float) * (size_t)nb);
-        tl_fill(&r, p.bias, nb, 2.0);
+        tc_random_mask(&r, &p, dims[c][0], dims[c][1], 3);
+        tc_random_bias(&r, &p, dims[3 - c][0], dims[3 - c][1], 2.0);
         p.causal = (int)(c % 2);
         check_everywhere(&p, 0, 1);
         tc_free(&p);
@@ -460,12 +432,12 @@ static void test_mqa_and_empty_head_shards(void **state)
 {
     (void)state;
     /* Hkv = 1: with tp > 1 some ranks hold no heads at all. */
-    tc_problem p = base(13, 2, 66, 66, 4, 1, 16, 16);
+    tc_problem p = tc_seeded(13, 2, 66, 66, 4, 1, 16, 16);
     p.causal = 1;
     check_everywhere(&p, 0, 1);
     tc_free(&p);
     /* Hkv = 3 over tp = 2 or 4: uneven and empty head groups. */
-    p = base(14, 1, 30, 30, 6, 3, 8, 8);
+    p = tc_seeded(14, 1, 30, 30, 6, 3, 8, 8);
     check_everywhere(&p, 0, 1);
     tc_free(&p);
 }
@@ -476,17 +448,17 @@ static void test_tiny_and_empty_shards(void **state)
     /* T, S < 2 * sp: zigzag leaves ranks with one run or none. */
     static const int64_t ts[][2] = {{3, 3}, {1, 5}, {5, 1}, {2, 7}, {1, 1}};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
-        tc_problem p = base(15 + i, 1, ts[i][0], ts[i][1], 2, 1, 8, 8);
+        tc_problem p = tc_seeded(15 + i, 1, ts[i][0], ts[i][1], 2, 1, 8, 8);
         p.causal = (int)(i % 2);
         p.q_offset = p.causal ? p.S - p.T : 0;
         check_everywhere(&p, 0, 1);
         tc_free(&p);
     }
     /* S = 0: every row fully masked; B = 1 with dp > 1: empty batch shards. */
-    tc_problem p = base(20, 1, 9, 0, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(20, 1, 9, 0, 2, 2, 8, 8);
     check_everywhere(&p, 0, 1);
     tc_free(&p);
-    p = base(21, 1, 0, 9, 2, 2, 8, 8);
+    p = tc_seeded(21, 1, 0, 9, 2, 2, 8, 8);
     check_everywhere(&p, 0, 1);
     tc_free(&p);
 }
@@ -496,7 +468,7 @@ static void test_pieces_and_threads(void **state)
     (void)state;
     /* Small q blocks: many pieces per run, so several partials per row and
      * polls between kernel calls; 2 threads per rank in the kernel and merge. */
-    tc_problem p = base(22, 2, 90, 90, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(22, 2, 90, 90, 4, 2, 16, 16);
     p.causal = 1;
     check_everywhere(&p, 4, 1);
     check_everywhere(&p, 7, 2);
@@ -510,30 +482,7 @@ static void test_everything_at_once(void **state)
     (void)state;
     tl_rng r = tl_rng_make(23);
     tc_problem p = tc_make(&r, 2, 96, 130, 6, 2, 20, 12, 1.0);
-    p.causal = 1, p.q_offset = 34;
-    p.window_left = 50, p.window_right = 3;
-    p.chunk = 64;
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 96);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 130);
-    for (int64_t b = 0; b < 2; b++) {
-        for (int64_t i = 0; i < 96; i++)
-            p.q_seg[b * 96 + i] = (int32_t)((i + 34) / 40);
-        for (int64_t j = 0; j < 130; j++)
-            p.kv_seg[b * 130 + j] = (int32_t)(j / 40);
-        p.q_seg[b * 96 + 95] = -1;
-    }
-    p.mask_b = 1, p.mask_h = 6;
-    p.mask = tl_alloc(6 * 96 * 130);
-    for (int64_t x = 0; x < 6 * 96 * 130; x++)
-        p.mask[x] = (uint8_t)(tl_int(&r, 5) != 0);
-    p.bias_b = 2, p.bias_h = 1;
-    p.bias = tl_alloc(sizeof(float) * 2 * 96 * 130);
-    tl_fill(&r, p.bias, 2 * 96 * 130, 1.0);
-    p.sinks = tl_alloc(sizeof(float) * 6);
-    tl_fill(&r, p.sinks, 6, 2.0);
-    p.softcap = 8.0;
-    p.dropout_p = 0.25f, p.seed = 5;
-    p.scale = 0.3;
+    tc_every_option(&r, &p); /* q_offset = S - T = 34 */
     check_everywhere(&p, 0, 1);
     check_everywhere(&p, 5, 2);
     tc_free(&p);
@@ -542,34 +491,11 @@ static void test_everything_at_once(void **state)
 static void test_random_combinations(void **state)
 {
     (void)state;
+    /* kv_offset, mask, bias and scale are not drawn here. */
+    static const tc_random_spec spec = {.max_len = 90, .max_dim = 24, .max_span = 30};
     for (int iter = 0; iter < 10; iter++) {
         tl_rng r = tl_rng_make(500 + iter);
-        int64_t Hkv = 1 + tl_int(&r, 3), G = 1 + tl_int(&r, 3);
-        int64_t T = 1 + tl_int(&r, 90), S = 1 + tl_int(&r, 90);
-        int64_t D = 1 + tl_int(&r, 24), Dv = 1 + tl_int(&r, 24), B = 1 + tl_int(&r, 2);
-        tc_problem p = tc_make(&r, B, T, S, Hkv * G, Hkv, D, Dv, 1.0);
-        p.causal = (int)tl_int(&r, 2);
-        p.q_offset = tl_int(&r, 3) == 0 ? S - T : tl_int(&r, 20) - 5;
-        if (tl_int(&r, 2))
-            p.window_left = tl_int(&r, 30) - 1, p.window_right = tl_int(&r, 30) - 1;
-        if (tl_int(&r, 3) == 0)
-            p.chunk = 1 + tl_int(&r, 30);
-        if (tl_int(&r, 3) == 0) {
-            p.q_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * T));
-            p.kv_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * S));
-            for (int64_t x = 0; x < B * T; x++)
-                p.q_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-            for (int64_t x = 0; x < B * S; x++)
-                p.kv_seg[x] = (int32_t)tl_int(&r, 4) - 1;
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.sinks = tl_alloc(sizeof(float) * (size_t)p.Hq);
-            tl_fill(&r, p.sinks, p.Hq, 3.0);
-        }
-        if (tl_int(&r, 3) == 0)
-            p.softcap = 1.0 + 10.0 * tl_uniform(&r);
-        if (tl_int(&r, 3) == 0)
-            p.dropout_p = (float)(0.8 * tl_uniform(&r)), p.seed = (uint64_t)iter;
+        tc_problem p = tc_random_problem(&r, &spec, (uint64_t)iter);
         check_everywhere(&p, (int)tl_int(&r, 12), 1 + (int)tl_int(&r, 2));
         tc_free(&p);
     }
@@ -648,7 +574,7 @@ static void check_schedule(const tc_problem *p, mattn_seq_layout layout)
 static void test_schedule_causal(void **state)
 {
     (void)state;
-    tc_problem p = base(30, 1, 64, 64, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(30, 1, 64, 64, 2, 1, 8, 8);
     p.causal = 1;
     check_schedule(&p, MATTN_SEQ_CONTIGUOUS); /* no wrapped-around transfers */
     check_schedule(&p, MATTN_SEQ_ZIGZAG);     /* everybody needs everybody */
@@ -660,7 +586,7 @@ static void test_schedule_window(void **state)
     (void)state;
     /* A window narrower than a shard: only neighbours exchange, both sides
      * for a two-sided window. */
-    tc_problem p = base(31, 1, 96, 96, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(31, 1, 96, 96, 2, 1, 8, 8);
     p.window_left = 5, p.window_right = 5;
     check_schedule(&p, MATTN_SEQ_CONTIGUOUS);
     check_schedule(&p, MATTN_SEQ_ZIGZAG);
@@ -680,7 +606,7 @@ static void test_skip_comm_same_work(void **state)
     (void)state;
     /* skip_comm computes the same steps (so the benchmark's overhead figure
      * compares equal work) and sends nothing. */
-    tc_problem p = base(32, 1, 64, 64, 4, 2, 8, 8);
+    tc_problem p = tc_seeded(32, 1, 64, 64, 4, 2, 8, 8);
     p.causal = 1;
     mattn_mesh *m = meshes[0];
     int dp, tp, sp;
@@ -715,7 +641,7 @@ static void test_forward_basic_call(void **state)
 {
     (void)state;
     /* mattn_ring_forward (defaults) and mattn_mesh_forward(MATTN_OP_RING). */
-    tc_problem p = base(33, 1, 40, 40, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(33, 1, 40, 40, 2, 1, 8, 8);
     p.causal = 1;
     ref r = ref_make(&p);
     mattn_mesh *m = meshes[0];

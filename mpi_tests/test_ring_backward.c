@@ -16,8 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cases.h"
 #include "common/refgrad.h"
-#include "common/testlib.h"
 
 /* ------------------------------------------------------------------ shards */
 
@@ -302,19 +302,12 @@ static void check_everywhere(const tc_problem *p, uint64_t seed, int threads)
     bref_free(&x);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq,
-                       int64_t Hkv, int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ tests */
 
 static void test_plain_uneven(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 61, 61, 2, 2, 16, 16); /* 61: uneven for 2, 3, 4 ranks */
+    tc_problem p = tc_seeded(1, 2, 61, 61, 2, 2, 16, 16); /* 61: uneven for 2, 3, 4 ranks */
     check_everywhere(&p, 101, 1);
     tc_free(&p);
 }
@@ -322,11 +315,11 @@ static void test_plain_uneven(void **state)
 static void test_causal_gqa_mqa(void **state)
 {
     (void)state;
-    tc_problem p = base(2, 2, 97, 97, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(2, 2, 97, 97, 4, 2, 16, 16);
     p.causal = 1;
     check_everywhere(&p, 102, 1);
     tc_free(&p);
-    p = base(3, 1, 66, 66, 4, 1, 16, 8); /* MQA: with tp > 1 some ranks hold no heads */
+    p = tc_seeded(3, 1, 66, 66, 4, 1, 16, 8); /* MQA: with tp > 1 some ranks hold no heads */
     p.causal = 1;
     check_everywhere(&p, 103, 2);
     tc_free(&p);
@@ -335,7 +328,7 @@ static void test_causal_gqa_mqa(void **state)
 static void test_cross_lengths_offsets(void **state)
 {
     (void)state;
-    tc_problem p = base(4, 1, 40, 101, 2, 1, 16, 12); /* T != S, Dv != D */
+    tc_problem p = tc_seeded(4, 1, 40, 101, 2, 1, 16, 12); /* T != S, Dv != D */
     p.causal = 1;
     p.q_offset = 61;
     check_everywhere(&p, 104, 1);
@@ -348,7 +341,7 @@ static void test_window_chunk(void **state)
 {
     (void)state;
     static const int64_t w[][2] = {{5, 0}, {3, 7}, {0, 0}, {9, -1}};
-    tc_problem p = base(5, 1, 83, 83, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(5, 1, 83, 83, 2, 1, 8, 8);
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
         p.window_left = w[i][0], p.window_right = w[i][1];
         p.causal = (int)(i % 2);
@@ -362,29 +355,14 @@ static void test_window_chunk(void **state)
     tc_free(&p);
 }
 
-static void random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
-{
-    for (int64_t b = 0; b < B; b++) {
-        int32_t id = 0;
-        for (int64_t i = 0; i < L; i++) {
-            if (tl_int(r, 9) == 0)
-                id++;
-            ids[b * L + i] = id % nseg;
-        }
-        for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
-            ids[b * L + i] = -1; /* padding tail */
-    }
-}
-
 static void test_segments(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(6);
     tc_problem p = tc_make(&r, 2, 71, 71, 4, 2, 16, 16, 1.0);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 71);
-    random_segments(&r, p.q_seg, 2, 71, 1000);
-    random_segments(&r, p.kv_seg, 2, 71, 3);
+    tc_add_segments(&p);
+    tc_random_segments(&r, p.q_seg, 2, 71, 1000);
+    tc_random_segments(&r, p.kv_seg, 2, 71, 3);
     p.causal = 1;
     check_everywhere(&p, 113, 1);
     tc_free(&p);
@@ -420,17 +398,13 @@ static void test_mask_bias(void **state)
     for (size_t c = 0; c < 3; c++) {
         tl_rng r = tl_rng_make(20 + c);
         tc_problem p = tc_make(&r, 2, 45, 53, 4, 2, 8, 8, 1.0);
-        p.mask_b = dims[c][0], p.mask_h = dims[c][1];
-        p.bias_b = dims[2 - c][0], p.bias_h = dims[2 - c][1];
-        int64_t nm = p.mask_b * p.mask_h * p.T * p.S, nb = p.bias_b * p.bias_h * p.T * p.S;
-        p.mask = tl_alloc((size_t)nm);
+        tc_add_mask(&p, dims[c][0], dims[c][1]);
         /* Mostly a band, so whole steps are empty on some ranks. */
-        for (int64_t x = 0; x < nm; x++) {
+        for (int64_t x = 0; x < p.mask_b * p.mask_h * p.T * p.S; x++) {
             int64_t i = x / p.S % p.T, j = x % p.S;
             p.mask[x] = (uint8_t)(j <= i + 3 && j + 12 >= i && tl_int(&r, 4) != 0);
         }
-        p.bias = tl_alloc(sizeof(float) * (size_t)nb);
-        tl_fill(&r, p.bias, nb, 2.0);
+        tc_random_bias(&r, &p, dims[2 - c][0], dims[2 - c][1], 2.0);
         p.causal = (int)(c % 2);
         check_everywhere(&p, 120 + c, 1);
         tc_free(&p);
@@ -443,7 +417,7 @@ static void test_schedule(void **state)
 {
     (void)state;
     int P = tl_size();
-    tc_problem p = base(30, 1, 96, 96, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(30, 1, 96, 96, 2, 1, 8, 8);
     p.window_left = 5, p.window_right = 0, p.causal = 1; /* reach: the previous rank only */
     bref x = bref_make(&p, 130);
     mattn_mesh *m = meshes[0]; /* 1 x 1 x P */
@@ -473,7 +447,7 @@ static void test_bad_input_one_rank(void **state)
     (void)state;
     alarm(60); /* a hang fails the program instead of blocking the suite */
     int last = tl_rank() == tl_size() - 1;
-    tc_problem p = base(40, 1, 32, 32, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(40, 1, 32, 32, 2, 1, 8, 8);
     p.causal = 1;
     bref x = bref_make(&p, 140);
     for (int mi = 0; mi < n_meshes; mi++) {
