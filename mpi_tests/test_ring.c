@@ -2,74 +2,18 @@
  * shape the job's size allows (dp x tp x sp = ranks), both sequence layouts
  * and both transports, for every option of SPEC §3-4, GQA/MQA and uneven or
  * empty shards. Every rank builds the same global problem, takes its own
- * shard with the test's own reading of the layouts below (not the
+ * shard with the test's own reading of the layouts (common/shards.c, not the
  * library's), runs the ring and checks its rows against the reference. The
  * single-rank flash result of the same global problem is checked against
  * the same reference, so ring == flash == reference. Collective: every test
  * runs on every rank. */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/cases.h"
-
-/* ------------------------------------------------------------------ shards */
-
-/* SPEC §7, written out: n rows cut into m near-equal chunks (the first n % m
- * one longer); contiguous: part i is chunk i of sp; zigzag: chunks i and
- * 2sp-1-i of 2sp. Returns the global row of every local row. */
-static int64_t *t_rows(int64_t n, int parts, int idx, mattn_seq_layout layout, int64_t *len)
-{
-    int m = layout == MATTN_SEQ_ZIGZAG ? 2 * parts : parts;
-    int chunks[2] = {idx, 2 * parts - 1 - idx};
-    int nc = layout == MATTN_SEQ_ZIGZAG ? 2 : 1;
-    int64_t *rows = tl_alloc(sizeof(int64_t) * (size_t)(n + 1));
-    *len = 0;
-    for (int c = 0; c < nc; c++) {
-        int64_t base = n / m, extra = n % m, ch = chunks[c];
-        int64_t size = base + (ch < extra ? 1 : 0);
-        int64_t start = ch * base + (ch < extra ? ch : extra);
-        for (int64_t i = 0; i < size; i++)
-            rows[(*len)++] = start + i;
-    }
-    return rows;
-}
-
-/* What this rank holds of a problem on a dp x tp x sp mesh. */
-typedef struct shard {
-    int dp, tp, sp, dpr, tpr, spr;
-    int64_t b0, nb, hq0, nhq, hk0, nhk, T, S;
-    int64_t *trow, *srow; /* global row of each local q / kv row */
-} shard;
-
-static void split(int64_t n, int parts, int i, int64_t *start, int64_t *count)
-{
-    *count = n / parts + (i < n % parts ? 1 : 0);
-    *start = i * (n / parts) + (i < n % parts ? i : n % parts);
-}
-
-static shard shard_make(const tc_problem *p, int dp, int tp, int sp, int rank,
-                        mattn_seq_layout layout)
-{
-    shard s = {.dp = dp, .tp = tp, .sp = sp};
-    s.spr = rank % sp, s.tpr = (rank / sp) % tp, s.dpr = rank / (sp * tp);
-    split(p->B, dp, s.dpr, &s.b0, &s.nb);
-    split(p->Hkv, tp, s.tpr, &s.hk0, &s.nhk);
-    int64_t G = p->Hq / p->Hkv;
-    s.hq0 = s.hk0 * G, s.nhq = s.nhk * G;
-    s.trow = t_rows(p->T, sp, s.spr, layout, &s.T);
-    s.srow = t_rows(p->S, sp, s.spr, layout, &s.S);
-    return s;
-}
-
-static void shard_free(shard *s)
-{
-    free(s->trow);
-    free(s->srow);
-}
+#include "common/shards.h"
 
 /* ------------------------------------------------------------------ reference */
 
@@ -116,18 +60,6 @@ typedef struct run_cfg {
     int want_lse;
 } run_cfg;
 
-/* Local strided view: BTHD or BHTD over a dense buffer. */
-static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    return layout == 'h' ? mattn_tensor_bhtd(buf, B, L, H, Dm)
-                         : mattn_tensor_bthd(buf, B, L, H, Dm);
-}
-
-static float *at(const mattn_tensor *t, int64_t b, int64_t s, int64_t h)
-{
-    return t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head;
-}
-
 /* Runs the ring for this rank's shard and checks its rows against the
  * reference. Returns the status; *o_out / *lse_out (may be NULL) receive the
  * local outputs in BTHD / [B, Hq, T] order for comparisons between runs. */
@@ -136,7 +68,7 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
 {
     int dp, tp, sp;
     mattn_mesh_shape(m, &dp, &tp, &sp);
-    shard s = shard_make(p, dp, tp, sp, mattn_mesh_rank(m), cfg->layout);
+    sh_shard s = sh_shard_make(p, dp, tp, sp, mattn_mesh_rank(m), cfg->layout);
 
     /* The library's view of the shard must be the test's. */
     mattn_dist_shape shape = {p->B, p->T, p->S, p->Hq, p->Hkv, cfg->layout};
@@ -155,24 +87,14 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
     float *qb = tl_alloc(sizeof(float) * (nq + 1)), *kb = tl_alloc(sizeof(float) * (nk + 1));
     float *vb = tl_alloc(sizeof(float) * (nv + 1)), *ob = tl_alloc(sizeof(float) * (no + 1));
     float *lse = tl_alloc(sizeof(float) * (nl + 1));
-    int32_t *qs = NULL, *ks = NULL;
-    mattn_tensor q = view(qb, cfg->tensors, s.nb, s.T, s.nhq, p->D);
-    mattn_tensor k = view(kb, cfg->tensors, s.nb, s.S, s.nhk, p->D);
-    mattn_tensor v = view(vb, cfg->tensors, s.nb, s.S, s.nhk, p->Dv);
-    mattn_tensor o = view(ob, cfg->tensors, s.nb, s.T, s.nhq, p->Dv);
-    for (int64_t b = 0; b < s.nb; b++) {
-        for (int64_t t = 0; t < s.T; t++)
-            for (int64_t h = 0; h < s.nhq; h++)
-                memcpy(at(&q, b, t, h),
-                       p->q + (((s.b0 + b) * p->T + s.trow[t]) * p->Hq + s.hq0 + h) * p->D,
-                       sizeof(float) * (size_t)p->D);
-        for (int64_t j = 0; j < s.S; j++)
-            for (int64_t h = 0; h < s.nhk; h++) {
-                int64_t g = ((s.b0 + b) * p->S + s.srow[j]) * p->Hkv + s.hk0 + h;
-                memcpy(at(&k, b, j, h), p->k + g * p->D, sizeof(float) * (size_t)p->D);
-                memcpy(at(&v, b, j, h), p->v + g * p->Dv, sizeof(float) * (size_t)p->Dv);
-            }
-    }
+    int32_t *qs, *ks;
+    mattn_tensor q = tl_view(qb, cfg->tensors, s.nb, s.T, s.nhq, p->D);
+    mattn_tensor k = tl_view(kb, cfg->tensors, s.nb, s.S, s.nhk, p->D);
+    mattn_tensor v = tl_view(vb, cfg->tensors, s.nb, s.S, s.nhk, p->Dv);
+    mattn_tensor o = tl_view(ob, cfg->tensors, s.nb, s.T, s.nhq, p->Dv);
+    sh_take(p->q, p->T, p->Hq, p->D, &q, s.b0, s.trow, s.hq0);
+    sh_take(p->k, p->S, p->Hkv, p->D, &k, s.b0, s.srow, s.hk0);
+    sh_take(p->v, p->S, p->Hkv, p->Dv, &v, s.b0, s.srow, s.hk0);
     /* NaN everywhere: an output the ring forgets to write fails. */
     for (size_t x = 0; x < no; x++)
         ob[x] = NAN;
@@ -181,18 +103,7 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
     mattn_options opts = tc_options(p);
     opts.block_q = cfg->block_q;
     opts.threads = cfg->threads;
-    if (p->q_seg) {
-        qs = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.T + 1));
-        ks = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.S + 1));
-        for (int64_t b = 0; b < s.nb; b++) {
-            for (int64_t t = 0; t < s.T; t++)
-                qs[b * s.T + t] = p->q_seg[(s.b0 + b) * p->T + s.trow[t]];
-            for (int64_t j = 0; j < s.S; j++)
-                ks[b * s.S + j] = p->kv_seg[(s.b0 + b) * p->S + s.srow[j]];
-        }
-        opts.q_segment_ids = qs;
-        opts.kv_segment_ids = ks;
-    }
+    sh_take_segments(p, &s, &opts, &qs, &ks);
     mattn_ring_options ro = mattn_ring_options_default();
     ro.comm = cfg->comm;
     int rc = mattn_ring_forward_ex(m, &shape, &q, &k, &v, &o, cfg->want_lse ? lse : NULL, &opts,
@@ -207,7 +118,7 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
                 for (int64_t h = 0; h < s.nhq; h++) {
                     int64_t gb = s.b0 + b, gt = s.trow[t], gh = s.hq0 + h;
                     int64_t row = (gb * p->T + gt) * p->Hq + gh;
-                    const float *got = at(&o, b, t, h);
+                    const float *got = sh_at(&o, b, t, h);
                     for (int64_t d = 0; d < p->Dv; d++) {
                         double want = r->o[row * p->Dv + d];
                         if (!(fabs(got[d] - want) <= r->tol_o[row]))
@@ -230,7 +141,7 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
             for (int64_t b = 0; b < s.nb; b++)
                 for (int64_t t = 0; t < s.T; t++)
                     for (int64_t h = 0; h < s.nhq; h++)
-                        memcpy(*o_out + ((b * s.T + t) * s.nhq + h) * p->Dv, at(&o, b, t, h),
+                        memcpy(*o_out + ((b * s.T + t) * s.nhq + h) * p->Dv, sh_at(&o, b, t, h),
                                sizeof(float) * (size_t)p->Dv);
         }
         if (lse_out) {
@@ -239,7 +150,7 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
         }
     }
     free(qb), free(kb), free(vb), free(ob), free(lse), free(qs), free(ks);
-    shard_free(&s);
+    sh_shard_free(&s);
     return rc;
 }
 
@@ -248,29 +159,6 @@ static int run_ring(const tc_problem *p, mattn_mesh *m, const run_cfg *cfg, cons
 #define MAX_MESHES 16
 static mattn_mesh *meshes[MAX_MESHES];
 static int n_meshes;
-
-/* Every dp x tp x sp factorisation of the job size, sequence-heavy first. */
-static void meshes_create(void)
-{
-    int size = tl_size();
-    for (int sp = size; sp >= 1; sp--)
-        for (int tp = 1; tp <= size / sp; tp++) {
-            if (size % (sp * tp) != 0)
-                continue;
-            int dp = size / (sp * tp);
-            if (mattn_mesh_create(MPI_COMM_WORLD, dp, tp, sp, &meshes[n_meshes]) != MATTN_OK) {
-                fprintf(stderr, "mesh %dx%dx%d: %s\n", dp, tp, sp, mattn_last_error());
-                MPI_Abort(MPI_COMM_WORLD, 1);
-            }
-            n_meshes++;
-        }
-}
-
-static void meshes_free(void)
-{
-    for (int i = 0; i < n_meshes; i++)
-        mattn_mesh_free(meshes[i]);
-}
 
 /* Every mesh x layout x transport (and both local tensor layouts on the
  * first mesh). The two transports must agree bit for bit: same pieces,
@@ -538,17 +426,17 @@ static void check_schedule(const tc_problem *p, mattn_seq_layout layout)
     for (int mi = 0; mi < n_meshes; mi++) {
         int dp, tp, sp, rank = mattn_mesh_rank(meshes[mi]);
         mattn_mesh_shape(meshes[mi], &dp, &tp, &sp);
-        shard me = shard_make(p, dp, tp, sp, rank, layout);
+        sh_shard me = sh_shard_make(p, dp, tp, sp, rank, layout);
         int64_t want_recv = 0, want_send = 0, want_steps = 0;
         int active = me.nb > 0 && me.nhq > 0;
         for (int other = 0; other < sp && active; other++) {
-            shard o = shard_make(p, dp, tp, sp, rank - me.spr + other, layout);
+            sh_shard o = sh_shard_make(p, dp, tp, sp, rank - me.spr + other, layout);
             int in = t_sees(p, me.trow, me.T, o.srow, o.S);
             int out = t_sees(p, o.trow, o.T, me.srow, me.S);
             want_steps += in;
             if (other != me.spr)
                 want_recv += in, want_send += out;
-            shard_free(&o);
+            sh_shard_free(&o);
         }
         for (int c = 0; c < 2; c++) {
             run_cfg cfg = {.layout = layout, .comm = c ? MATTN_RING_COMM_SENDRECV
@@ -566,7 +454,7 @@ static void check_schedule(const tc_problem *p, mattn_seq_layout layout)
             MPI_Allreduce(mine, tot, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
             assert_int_equal(tot[0], tot[1]);
         }
-        shard_free(&me);
+        sh_shard_free(&me);
     }
     ref_free(&r);
 }
@@ -611,7 +499,7 @@ static void test_skip_comm_same_work(void **state)
     mattn_mesh *m = meshes[0];
     int dp, tp, sp;
     mattn_mesh_shape(m, &dp, &tp, &sp);
-    shard s = shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_ZIGZAG);
+    sh_shard s = sh_shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_ZIGZAG);
     float *q = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
     float *k = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
     float *o = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
@@ -633,7 +521,7 @@ static void test_skip_comm_same_work(void **state)
     assert_int_equal(b.messages_received, 0);
     assert_int_equal(a.messages_received, sp > 1 && s.nb > 0 && s.nhq > 0 ? sp - 1 : 0);
     free(q), free(k), free(o);
-    shard_free(&s);
+    sh_shard_free(&s);
     tc_free(&p);
 }
 
@@ -647,28 +535,18 @@ static void test_forward_basic_call(void **state)
     mattn_mesh *m = meshes[0];
     int dp, tp, sp;
     mattn_mesh_shape(m, &dp, &tp, &sp);
-    shard s = shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_CONTIGUOUS);
+    sh_shard s = sh_shard_make(&p, dp, tp, sp, mattn_mesh_rank(m), MATTN_SEQ_CONTIGUOUS);
     float *q = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
     float *k = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
     float *v = tl_alloc(sizeof(float) * (size_t)(s.nb * s.S * s.nhk * 8 + 1));
     float *o1 = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
     float *o2 = tl_alloc(sizeof(float) * (size_t)(s.nb * s.T * s.nhq * 8 + 1));
-    for (int64_t b = 0; b < s.nb; b++) {
-        for (int64_t t = 0; t < s.T; t++)
-            for (int64_t h = 0; h < s.nhq; h++)
-                memcpy(q + ((b * s.T + t) * s.nhq + h) * 8,
-                       p.q + (((s.b0 + b) * p.T + s.trow[t]) * p.Hq + s.hq0 + h) * 8,
-                       sizeof(float) * 8);
-        for (int64_t j = 0; j < s.S; j++)
-            for (int64_t h = 0; h < s.nhk; h++) {
-                int64_t g = ((s.b0 + b) * p.S + s.srow[j]) * p.Hkv + s.hk0 + h;
-                memcpy(k + ((b * s.S + j) * s.nhk + h) * 8, p.k + g * 8, sizeof(float) * 8);
-                memcpy(v + ((b * s.S + j) * s.nhk + h) * 8, p.v + g * 8, sizeof(float) * 8);
-            }
-    }
     mattn_tensor tq = mattn_tensor_bthd(q, s.nb, s.T, s.nhq, 8);
     mattn_tensor tk = mattn_tensor_bthd(k, s.nb, s.S, s.nhk, 8);
     mattn_tensor tv = mattn_tensor_bthd(v, s.nb, s.S, s.nhk, 8);
+    sh_take(p.q, p.T, p.Hq, 8, &tq, s.b0, s.trow, s.hq0);
+    sh_take(p.k, p.S, p.Hkv, 8, &tk, s.b0, s.srow, s.hk0);
+    sh_take(p.v, p.S, p.Hkv, 8, &tv, s.b0, s.srow, s.hk0);
     mattn_tensor t1 = mattn_tensor_bthd(o1, s.nb, s.T, s.nhq, 8);
     mattn_tensor t2 = mattn_tensor_bthd(o2, s.nb, s.T, s.nhq, 8);
     mattn_dist_shape shape = {1, 40, 40, 2, 1, MATTN_SEQ_CONTIGUOUS};
@@ -689,31 +567,18 @@ static void test_forward_basic_call(void **state)
                                 (long long)(s.hq0 + h), d);
             }
     free(q), free(k), free(v), free(o1), free(o2);
-    shard_free(&s);
+    sh_shard_free(&s);
     ref_free(&r);
     tc_free(&p);
 }
 
 /* ------------------------------------------------------------------ main */
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "test_ring: TIMEOUT (a collective call hung)\n";
-    if (write(2, msg, sizeof msg - 1) < 0)
-        _exit(3);
-    _exit(3);
-}
-
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    signal(SIGALRM, on_alarm);
-    /* A hang is a failure, not a stuck CI (a failed assertion on one rank
-     * also leaves the others waiting in a collective). */
-    const char *limit = getenv("TEST_ALARM");
-    alarm(limit ? (unsigned)atoi(limit) : 240);
-    meshes_create();
+    tl_watchdog("test_ring: TIMEOUT (a collective call hung)\n", 240);
+    n_meshes = sh_meshes_create(meshes, MAX_MESHES);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain),
         cmocka_unit_test(test_causal_gqa),
@@ -735,7 +600,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forward_basic_call),
     };
     int failed = tl_run_all("ring", tests, sizeof tests / sizeof tests[0]);
-    meshes_free();
+    sh_meshes_free(meshes, n_meshes);
     MPI_Finalize();
     return failed ? 1 : 0;
 }

@@ -18,54 +18,7 @@
 
 #include "common/cases.h"
 #include "common/refgrad.h"
-
-/* ------------------------------------------------------------------ shards */
-
-/* SPEC §7: n rows in m near-equal chunks (the first n % m one longer);
- * contiguous: chunk i of sp; zigzag: chunks i and 2sp-1-i of 2sp. The
- * global row of every local row. */
-static int64_t *t_rows(int64_t n, int parts, int idx, mattn_seq_layout layout, int64_t *len)
-{
-    int m = layout == MATTN_SEQ_ZIGZAG ? 2 * parts : parts;
-    int chunks[2] = {idx, 2 * parts - 1 - idx};
-    int nc = layout == MATTN_SEQ_ZIGZAG ? 2 : 1;
-    int64_t *rows = tl_alloc(sizeof(int64_t) * (size_t)(n + 1));
-    *len = 0;
-    for (int c = 0; c < nc; c++) {
-        int64_t base = n / m, extra = n % m, ch = chunks[c];
-        int64_t size = base + (ch < extra ? 1 : 0);
-        int64_t start = ch * base + (ch < extra ? ch : extra);
-        for (int64_t i = 0; i < size; i++)
-            rows[(*len)++] = start + i;
-    }
-    return rows;
-}
-
-static void split(int64_t n, int parts, int i, int64_t *start, int64_t *count)
-{
-    *count = n / parts + (i < n % parts ? 1 : 0);
-    *start = i * (n / parts) + (i < n % parts ? i : n % parts);
-}
-
-typedef struct shard {
-    int64_t b0, nb, hq0, nhq, hk0, nhk, T, S;
-    int64_t *trow, *srow;
-} shard;
-
-static shard shard_make(const tc_problem *p, const mattn_mesh *m, mattn_seq_layout layout)
-{
-    int dp, tp, sp, dpr, tpr, spr;
-    mattn_mesh_shape(m, &dp, &tp, &sp);
-    mattn_mesh_coords(m, &dpr, &tpr, &spr);
-    shard s;
-    split(p->B, dp, dpr, &s.b0, &s.nb);
-    split(p->Hkv, tp, tpr, &s.hk0, &s.nhk);
-    int64_t G = p->Hq / p->Hkv;
-    s.hq0 = s.hk0 * G, s.nhq = s.nhk * G;
-    s.trow = t_rows(p->T, sp, spr, layout, &s.T);
-    s.srow = t_rows(p->S, sp, spr, layout, &s.S);
-    return s;
-}
+#include "common/shards.h"
 
 /* ------------------------------------------------------------------ runs */
 
@@ -84,13 +37,7 @@ static bref bref_make(const tc_problem *p, uint64_t seed)
     rg_inputs in = rg_inputs_make(p, x.dout);
     x.g = rg_backward(p, &in, NULL);
     rg_inputs_free(&in);
-    size_t no = (size_t)(p->B * p->T * p->Hq * p->Dv), nl = (size_t)(p->B * p->Hq * p->T);
-    x.o = tl_alloc(sizeof(float) * (no + 1));
-    x.lse = tl_alloc(sizeof(float) * (nl + 1));
-    for (size_t i = 0; i < no; i++)
-        x.o[i] = (float)x.g.o[i];
-    for (size_t i = 0; i < nl; i++)
-        x.lse[i] = (float)x.g.lse[i];
+    rg_round_forward(p, &x.g, &x.o, &x.lse);
     assert_int_equal(rg_run_and_check("flash", p, x.dout, 't', 1, 0, 0), MATTN_OK);
     return x;
 }
@@ -101,35 +48,12 @@ static void bref_free(bref *x)
     free(x->o), free(x->lse), free(x->dout);
 }
 
-static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    return layout == 'h' ? mattn_tensor_bhtd(buf, B, L, H, Dm)
-                         : mattn_tensor_bthd(buf, B, L, H, Dm);
-}
-
-static float *at(const mattn_tensor *t, int64_t b, int64_t s, int64_t h)
-{
-    return t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head;
-}
-
 static float *nans(size_t n)
 {
     float *x = tl_alloc(sizeof(float) * (n + 1));
     for (size_t i = 0; i < n; i++)
         x[i] = NAN;
     return x;
-}
-
-/* Copies rows of a global BTHD array [B, L, H, Dm] into a local view:
- * local (b, l, h) <- global (b0 + b, rows[l], h0 + h). */
-static void take(const float *g, int64_t L, int64_t H, int64_t Dm, const mattn_tensor *t,
-                 int64_t b0, const int64_t *rows, int64_t h0)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t l = 0; l < t->seq; l++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(at(t, b, l, h), g + (((b0 + b) * L + rows[l]) * H + h0 + h) * Dm,
-                       sizeof(float) * (size_t)Dm);
 }
 
 /* Checks a local gradient view against the reference rows it holds. */
@@ -146,7 +70,7 @@ static void check_rows(const char *what, const char *name, const mattn_tensor *t
             for (int64_t h = 0; h < t->heads; h++)
                 for (int64_t d = 0; d < Dm; d++, i++) {
                     int64_t gi = (((b0 + b) * L + rows[l]) * H + h0 + h) * Dm + d;
-                    got[i] = at(t, b, l, h)[d];
+                    got[i] = sh_at(t, b, l, h)[d];
                     w[i] = want[gi];
                     e[i] = tol[gi];
                 }
@@ -167,7 +91,7 @@ typedef struct cfg {
 static int run_one(const tc_problem *p, const bref *x, const mattn_mesh *m, const cfg *c,
                    mattn_ring_stats *stats)
 {
-    shard s = shard_make(p, m, c->layout);
+    sh_shard s = sh_shard_of(p, m, c->layout);
     mattn_dist_shape shape = {p->B, p->T, p->S, p->Hq, p->Hkv, c->layout};
     const int64_t D = p->D, Dv = p->Dv;
     float *buf[9];
@@ -181,18 +105,19 @@ static int run_one(const tc_problem *p, const bref *x, const mattn_mesh *m, cons
     buf[7] = nans((size_t)(s.nb * s.S * s.nhk * Dv)); /* dv */
     buf[8] = nans((size_t)(s.nb * s.nhq * s.T));      /* lse */
     char L = c->tensors;
-    mattn_tensor q = view(buf[0], L, s.nb, s.T, s.nhq, D), k = view(buf[1], L, s.nb, s.S, s.nhk, D);
-    mattn_tensor v = view(buf[2], L, s.nb, s.S, s.nhk, Dv);
-    mattn_tensor o = view(buf[3], L, s.nb, s.T, s.nhq, Dv);
-    mattn_tensor dout = view(buf[4], L, s.nb, s.T, s.nhq, Dv);
-    mattn_tensor dq = view(buf[5], L, s.nb, s.T, s.nhq, D);
-    mattn_tensor dk = view(buf[6], L, s.nb, s.S, s.nhk, D);
-    mattn_tensor dv = view(buf[7], L, s.nb, s.S, s.nhk, Dv);
-    take(p->q, p->T, p->Hq, D, &q, s.b0, s.trow, s.hq0);
-    take(p->k, p->S, p->Hkv, D, &k, s.b0, s.srow, s.hk0);
-    take(p->v, p->S, p->Hkv, Dv, &v, s.b0, s.srow, s.hk0);
-    take(x->o, p->T, p->Hq, Dv, &o, s.b0, s.trow, s.hq0);
-    take(x->dout, p->T, p->Hq, Dv, &dout, s.b0, s.trow, s.hq0);
+    mattn_tensor q = tl_view(buf[0], L, s.nb, s.T, s.nhq, D);
+    mattn_tensor k = tl_view(buf[1], L, s.nb, s.S, s.nhk, D);
+    mattn_tensor v = tl_view(buf[2], L, s.nb, s.S, s.nhk, Dv);
+    mattn_tensor o = tl_view(buf[3], L, s.nb, s.T, s.nhq, Dv);
+    mattn_tensor dout = tl_view(buf[4], L, s.nb, s.T, s.nhq, Dv);
+    mattn_tensor dq = tl_view(buf[5], L, s.nb, s.T, s.nhq, D);
+    mattn_tensor dk = tl_view(buf[6], L, s.nb, s.S, s.nhk, D);
+    mattn_tensor dv = tl_view(buf[7], L, s.nb, s.S, s.nhk, Dv);
+    sh_take(p->q, p->T, p->Hq, D, &q, s.b0, s.trow, s.hq0);
+    sh_take(p->k, p->S, p->Hkv, D, &k, s.b0, s.srow, s.hk0);
+    sh_take(p->v, p->S, p->Hkv, Dv, &v, s.b0, s.srow, s.hk0);
+    sh_take(x->o, p->T, p->Hq, Dv, &o, s.b0, s.trow, s.hq0);
+    sh_take(x->dout, p->T, p->Hq, Dv, &dout, s.b0, s.trow, s.hq0);
     float *lse = buf[8];
     for (int64_t b = 0; b < s.nb; b++)
         for (int64_t h = 0; h < s.nhq; h++)
@@ -201,18 +126,8 @@ static int run_one(const tc_problem *p, const bref *x, const mattn_mesh *m, cons
                     x->lse[((s.b0 + b) * p->Hq + s.hq0 + h) * p->T + s.trow[t]];
     mattn_options opts = tc_options(p);
     opts.threads = c->threads;
-    int32_t *qs = NULL, *ks = NULL;
-    if (p->q_seg) {
-        qs = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.T + 1));
-        ks = tl_alloc(sizeof(int32_t) * (size_t)(s.nb * s.S + 1));
-        for (int64_t b = 0; b < s.nb; b++) {
-            for (int64_t t = 0; t < s.T; t++)
-                qs[b * s.T + t] = p->q_seg[(s.b0 + b) * p->T + s.trow[t]];
-            for (int64_t j = 0; j < s.S; j++)
-                ks[b * s.S + j] = p->kv_seg[(s.b0 + b) * p->S + s.srow[j]];
-        }
-        opts.q_segment_ids = qs, opts.kv_segment_ids = ks;
-    }
+    int32_t *qs, *ks;
+    sh_take_segments(p, &s, &opts, &qs, &ks);
     size_t nbias = (size_t)(p->bias_b * p->bias_h * p->T * p->S);
     float *dsinks = p->sinks ? nans((size_t)p->Hq) : NULL;
     float *dbias = p->bias && c->op != MATTN_OP_RING ? nans(nbias) : NULL;
@@ -244,7 +159,8 @@ static int run_one(const tc_problem *p, const bref *x, const mattn_mesh *m, cons
     }
     for (int i = 0; i < 9; i++)
         free(buf[i]);
-    free(qs), free(ks), free(dsinks), free(dbias), free(s.trow), free(s.srow);
+    free(qs), free(ks), free(dsinks), free(dbias);
+    sh_shard_free(&s);
     return rc;
 }
 
@@ -253,22 +169,6 @@ static int run_one(const tc_problem *p, const bref *x, const mattn_mesh *m, cons
 #define MAX_MESHES 16
 static mattn_mesh *meshes[MAX_MESHES];
 static int n_meshes;
-
-static void meshes_create(void)
-{
-    int size = tl_size();
-    for (int sp = size; sp >= 1; sp--)
-        for (int tp = 1; tp <= size / sp; tp++) {
-            if (size % (sp * tp) != 0)
-                continue;
-            if (mattn_mesh_create(MPI_COMM_WORLD, size / (sp * tp), tp, sp,
-                                  &meshes[n_meshes]) != MATTN_OK) {
-                fprintf(stderr, "mesh: %s\n", mattn_last_error());
-                MPI_Abort(MPI_COMM_WORLD, 1);
-            }
-            n_meshes++;
-        }
-}
 
 static int mesh_sp(const mattn_mesh *m)
 {
@@ -452,7 +352,7 @@ static void test_bad_input_one_rank(void **state)
     bref x = bref_make(&p, 140);
     for (int mi = 0; mi < n_meshes; mi++) {
         mattn_mesh *m = meshes[mi];
-        shard s = shard_make(&p, m, MATTN_SEQ_ZIGZAG);
+        sh_shard s = sh_shard_of(&p, m, MATTN_SEQ_ZIGZAG);
         mattn_dist_shape shape = {p.B, p.T, p.S, p.Hq, p.Hkv, MATTN_SEQ_ZIGZAG};
         float *b = tl_alloc(sizeof(float) * (size_t)(64 * 32 * 8 + 1));
         float *lse = tl_alloc(sizeof(float) * (size_t)(p.Hq * p.T + 1));
@@ -522,7 +422,8 @@ static void test_bad_input_one_rank(void **state)
             assert_int_equal(rc, MATTN_ERR_ARG);
             assert_non_null(strstr(mattn_last_error(), "operator"));
         }
-        free(b), free(lse), free(g), free(g2), free(g3), free(s.trow), free(s.srow);
+        free(b), free(lse), free(g), free(g2), free(g3);
+        sh_shard_free(&s);
     }
     bref_free(&x);
     tc_free(&p);
@@ -532,7 +433,7 @@ static void test_bad_input_one_rank(void **state)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    meshes_create();
+    n_meshes = sh_meshes_create(meshes, MAX_MESHES);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_uneven),
         cmocka_unit_test(test_causal_gqa_mqa),
@@ -545,8 +446,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bad_input_one_rank),
     };
     int failed = tl_run_all("ring_backward", tests, sizeof tests / sizeof tests[0]);
-    for (int i = 0; i < n_meshes; i++)
-        mattn_mesh_free(meshes[i]);
+    sh_meshes_free(meshes, n_meshes);
     MPI_Finalize();
     return failed ? 1 : 0;
 }

@@ -5,11 +5,9 @@
  * left in flight). Covers the ring, the partitioned front door and the
  * scatter/gather helpers. Collective. */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/testlib.h"
 
@@ -264,21 +262,10 @@ static void test_scatter_bad_input(void **state)
     mattn_mesh_free(m);
 }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "test_ring_errors: TIMEOUT (a bad argument made ranks hang)\n";
-    if (write(2, msg, sizeof msg - 1) < 0)
-        _exit(3);
-    _exit(3);
-}
-
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    signal(SIGALRM, on_alarm);
-    const char *limit = getenv("TEST_ALARM");
-    alarm(limit ? (unsigned)atoi(limit) : 120);
+    tl_watchdog("test_ring_errors: TIMEOUT (a bad argument made ranks hang)\n", 120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ring_bad_input_on_one_rank),
         cmocka_unit_test(test_partition_bad_input),

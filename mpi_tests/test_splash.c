@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/testlib.h"
+#include "common/cases.h"
 #include "test_splash_masks.h"
 
 /* ------------------------------------------------------------------ harness */
@@ -23,31 +23,6 @@ typedef struct run_cfg {
     int null_mask; /* 1: mattn_splash_forward with mask NULL (from the options) */
 } run_cfg;
 
-static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t D)
-{
-    return layout == 'h' ? mattn_tensor_bhtd(buf, B, L, H, D) : mattn_tensor_bthd(buf, B, L, H, D);
-}
-
-static void copy_in(const float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       sizeof(float) * (size_t)t->dim);
-}
-
-static void copy_out(float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       sizeof(float) * (size_t)t->dim);
-}
-
 /* Runs splash; o (BTHD) and lse must hold the outputs. Returns the status. */
 static int run_splash(const tc_problem *p, const mattn_splash_mask *m, const run_cfg *cfg,
                       float *o_bthd, float *lse)
@@ -57,11 +32,11 @@ static int run_splash(const tc_problem *p, const mattn_splash_mask *m, const run
     float *kb = tl_alloc(sizeof(float) * (size_t)(B * S * p->Hkv * p->D + 1));
     float *vb = tl_alloc(sizeof(float) * (size_t)(B * S * p->Hkv * p->Dv + 1));
     float *ob = tl_alloc(sizeof(float) * (size_t)(B * T * p->Hq * p->Dv + 1));
-    mattn_tensor q = view(qb, cfg->layout, B, T, p->Hq, p->D);
-    mattn_tensor k = view(kb, cfg->layout, B, S, p->Hkv, p->D);
-    mattn_tensor v = view(vb, cfg->layout, B, S, p->Hkv, p->Dv);
-    mattn_tensor o = view(ob, cfg->layout, B, T, p->Hq, p->Dv);
-    copy_in(p->q, &q), copy_in(p->k, &k), copy_in(p->v, &v);
+    mattn_tensor q = tl_view(qb, cfg->layout, B, T, p->Hq, p->D);
+    mattn_tensor k = tl_view(kb, cfg->layout, B, S, p->Hkv, p->D);
+    mattn_tensor v = tl_view(vb, cfg->layout, B, S, p->Hkv, p->Dv);
+    mattn_tensor o = tl_view(ob, cfg->layout, B, T, p->Hq, p->Dv);
+    tl_scatter(p->q, &q), tl_scatter(p->k, &k), tl_scatter(p->v, &v);
     /* NaN in every output: an element left unwritten fails the check. */
     for (int64_t x = 0; x < B * T * p->Hq * p->Dv; x++)
         ob[x] = NAN;
@@ -84,7 +59,7 @@ static int run_splash(const tc_problem *p, const mattn_splash_mask *m, const run
         rc = mattn_splash_forward(&q, &k, &v, &o, lse, cfg->null_mask ? NULL : m, &opts);
     }
     if (rc == MATTN_OK)
-        copy_out(o_bthd, &o);
+        tl_gather(o_bthd, &o);
     free(qb), free(kb), free(vb), free(ob);
     return rc;
 }
@@ -123,19 +98,12 @@ static void check_configs(const tc_problem *call, const tm *t, const char *what)
         check_splash(call, t, &cfgs[i], what);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
-                       int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ mask kinds */
 
 static void test_band_kinds(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 75, 90, 4, 2, 16, 24);
+    tc_problem p = tc_seeded(1, 2, 75, 90, 4, 2, 16, 24);
     check_configs(&p, tm_full(), "full");
     check_configs(&p, tm_causal(0), "causal");
     check_configs(&p, tm_causal(7), "causal +7");
@@ -155,13 +123,10 @@ static void test_dense_kinds(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(2);
-    tc_problem p = base(2, 2, 61, 77, 3, 3, 16, 16);
+    tc_problem p = tc_seeded(2, 2, 61, 77, 3, 3, 16, 16);
     uint8_t *bits = tm_random_bits(&r, 61 * 77, 0.6);
     check_configs(&p, tm_dense(bits, 61, 77, 0, 0), "dense random");
-    uint8_t *cells = tl_alloc(61 * 77);
-    for (int i = 0; i < 61; i++)
-        for (int j = 0; j < 77; j++)
-            cells[i * 77 + j] = (uint8_t)(((i / 16) + 2 * (j / 16)) % 3 == 0);
+    uint8_t *cells = tc_block_sparse_bits(61, 77);
     check_configs(&p, tm_dense(cells, 61, 77, 0, 0), "dense block-sparse");
     check_configs(&p, tm_dense(bits, 40, 50, 10, 20), "dense placed off-origin");
     /* Per head: three different kinds. */
@@ -176,7 +141,7 @@ static void test_combinations(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(3);
-    tc_problem p = base(3, 1, 70, 70, 4, 1, 16, 16);
+    tc_problem p = tc_seeded(3, 1, 70, 70, 4, 1, 16, 16);
     uint8_t *bits = tm_random_bits(&r, 70 * 70, 0.5);
     tm *dense = tm_dense(bits, 70, 70, 0, 0);
     check_configs(&p, tm_pair(TM_AND, tm_causal(0), tm_local(10, 0)), "causal & local");
@@ -214,8 +179,7 @@ static void test_options_and_mask(void **state)
     check_configs(&p, tm_causal(0), "opts per-batch mask & causal");
     free(p.mask);
     p.mask = NULL;
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 66);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 66);
+    tc_add_segments(&p);
     for (int b = 0; b < 2; b++)
         for (int i = 0; i < 66; i++)
             p.q_seg[b * 66 + i] = p.kv_seg[b * 66 + i] = i < 60 ? (i + 7 * b) / 17 : -1;
@@ -240,9 +204,7 @@ static void test_logit_options(void **state)
     p.softcap = 4.0;
     check_configs(&p, tm_local(6, 6), "sinks + softcap");
     p.scale = 0.3;
-    p.bias_b = 1, p.bias_h = 4;
-    p.bias = tl_alloc(sizeof(float) * 4 * 57 * 64);
-    tl_fill(&r, p.bias, 4 * 57 * 64, 2.0);
+    tc_random_bias(&r, &p, 1, 4, 2.0);
     check_configs(&p, tm_chunked(12), "scale + bias");
     p.dropout_p = 0.35f, p.seed = 99, p.drop_b0 = 1, p.drop_h0 = 4;
     check_configs(&p, tm_pair(TM_OR, tm_causal(0), tm_local(0, 3)), "dropout and everything");
@@ -254,7 +216,7 @@ static void test_offsets(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(6);
-    tc_problem p = base(6, 1, 40, 100, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(6, 1, 40, 100, 2, 1, 16, 16);
     p.q_offset = 60; /* bottom-right causal: chunked prefill */
     check_configs(&p, tm_causal(0), "causal bottom-right");
     p.q_offset = 1000, p.kv_offset = 990;
@@ -275,10 +237,10 @@ static void test_gqa_mqa(void **state)
     (void)state;
     /* GQA with Dv != D; MQA with 8 q heads: at block_q 128 the 1024 rows
      * exceed the per-task cap, so the group is cut into slices. */
-    tc_problem p = base(7, 1, 150, 140, 6, 2, 16, 40);
+    tc_problem p = tc_seeded(7, 1, 150, 140, 6, 2, 16, 40);
     check_configs(&p, tm_causal(0), "GQA causal");
     tc_free(&p);
-    p = base(8, 1, 150, 160, 8, 1, 8, 8);
+    p = tc_seeded(8, 1, 150, 160, 8, 1, 8, 8);
     run_cfg big = {128, 32, 't', 2, 1, 0};
     check_splash(&p, tm_causal(0), &big, "MQA sliced group");
     check_configs(&p, tm_local(20, 5), "MQA local");
@@ -296,14 +258,14 @@ static void test_lengths(void **state)
     (void)state;
     static const int64_t shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {129, 257}, {5, 0}, {0, 7}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        tc_problem p = base(20 + i, 2, shapes[i][0], shapes[i][1], 4, 2, 8, 8);
+        tc_problem p = tc_seeded(20 + i, 2, shapes[i][0], shapes[i][1], 4, 2, 8, 8);
         p.q_offset = p.S - p.T; /* bottom-right: the T=1 row is a decode step */
         check_configs(&p, tm_causal(0), "lengths causal");
         check_configs(&p, tm_local(7, 0), "lengths local");
         check_configs(&p, tm_full(), "lengths full");
         tc_free(&p);
     }
-    tc_problem p = base(30, 0, 5, 5, 2, 2, 8, 8); /* B = 0 */
+    tc_problem p = tc_seeded(30, 0, 5, 5, 2, 2, 8, 8); /* B = 0 */
     check_configs(&p, tm_causal(0), "B = 0");
     tc_free(&p);
     tm_free_all();
@@ -313,7 +275,7 @@ static void test_lengths(void **state)
 static void test_fully_masked_rows(void **state)
 {
     (void)state;
-    tc_problem p = base(40, 1, 20, 20, 2, 2, 8, 8);
+    tc_problem p = tc_seeded(40, 1, 20, 20, 2, 2, 8, 8);
     mattn_splash_mask *m;
     assert_int_equal(mattn_splash_mask_causal(-6, &m), MATTN_OK); /* rows 0-5 see nothing */
     float o[20 * 2 * 8], lse[2 * 20];
@@ -352,11 +314,10 @@ static void max_diff_check(const float *a, const float *b, int64_t n, double tol
 static void test_equals_flash(void **state)
 {
     (void)state;
-    tc_problem p = base(50, 2, 100, 100, 4, 2, 16, 16);
+    tc_problem p = tc_seeded(50, 2, 100, 100, 4, 2, 16, 16);
     p.dropout_p = 0.4f, p.seed = 3;
-    p.sinks = tl_alloc(sizeof(float) * 4);
     tl_rng r = tl_rng_make(51);
-    tl_fill(&r, p.sinks, 4, 1.0);
+    tc_random_sinks(&r, &p, 1.0);
     int64_t no = 2 * 100 * 4 * 16, nl = 2 * 4 * 100;
     float *o1 = tl_alloc(sizeof(float) * (size_t)no), *o2 = tl_alloc(sizeof(float) * (size_t)no);
     float *l1 = tl_alloc(sizeof(float) * (size_t)nl), *l2 = tl_alloc(sizeof(float) * (size_t)nl);
@@ -432,7 +393,7 @@ static void test_mask_from_options(void **state)
 static void test_empty_blocks_not_read(void **state)
 {
     (void)state;
-    tc_problem p = base(60, 1, 64, 96, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(60, 1, 64, 96, 2, 1, 8, 8);
     /* Keys 32..63 are masked for every query: with 16-key blocks, kv blocks
      * 2 and 3 are EMPTY everywhere. */
     uint8_t *bits = tl_alloc(64 * 96);
@@ -444,9 +405,7 @@ static void test_empty_blocks_not_read(void **state)
     double *ro = tl_alloc(sizeof(double) * 64 * 2 * 8), *rl = tl_alloc(sizeof(double) * 2 * 64);
     double *to = tl_alloc(sizeof(double) * 64 * 2 * 8), *tl = tl_alloc(sizeof(double) * 2 * 64);
     tc_reference(&ref, ro, rl, NULL, to, tl, NULL);
-    for (int j = 32; j < 64; j++)
-        for (int d = 0; d < 8; d++)
-            p.k[j * 8 + d] = NAN, p.v[j * 8 + d] = NAN;
+    tc_nan_keys(&p, 32, 64);
     float o[64 * 2 * 8], lse[2 * 64];
     mattn_splash_mask *m = tm_build(t);
     run_cfg cfg = {16, 16, 't', 1, 1, 0};
@@ -456,14 +415,12 @@ static void test_empty_blocks_not_read(void **state)
     mattn_splash_mask_free(m);
     /* Top-left causal with T < S: keys from T on are in EMPTY blocks. */
     tc_free(&p);
-    p = base(61, 1, 40, 80, 2, 2, 8, 8);
+    p = tc_seeded(61, 1, 40, 80, 2, 2, 8, 8);
     t = tm_causal(0);
     free(ref.mask);
     ref = tm_reference_of(&p, t);
     tc_reference(&ref, ro, rl, NULL, to, tl, NULL);
-    for (int j = 48; j < 80; j++)
-        for (int x = 0; x < 16; x++)
-            p.k[j * 16 + x] = NAN, p.v[j * 16 + x] = NAN;
+    tc_nan_keys(&p, 48, 80);
     m = tm_build(t);
     assert_int_equal(run_splash(&p, m, &cfg, o, lse), MATTN_OK);
     tc_check_o("NaN keys past a top-left causal edge", &p, o, ro, to);
@@ -487,14 +444,14 @@ static void test_info_reuse(void **state)
     tm *t = tm_local(16, 0);
     const size_t nq = 2 * 90 * 2 * 16, nl = 2 * 2 * 90;
     for (int it = 0; it < 3; it++) {
-        tc_problem p = base(70 + it, 2, 90, 90, 2, 1, 16, 16);
+        tc_problem p = tc_seeded(70 + it, 2, 90, 90, 2, 1, 16, 16);
         tc_problem ref = tm_reference_of(&p, t);
         float *qbuf = tl_alloc(sizeof(float) * nq), *o = tl_alloc(sizeof(float) * nq);
         float *lse = tl_alloc(sizeof(float) * nl);
         mattn_tensor q = mattn_tensor_bhtd(qbuf, 2, 90, 2, 16); /* q in BHTD, the rest BTHD */
         mattn_tensor k = mattn_tensor_bthd(p.k, 2, 90, 1, 16), v = mattn_tensor_bthd(p.v, 2, 90, 1, 16);
         mattn_tensor to = mattn_tensor_bthd(o, 2, 90, 2, 16);
-        copy_in(p.q, &q);
+        tl_scatter(p.q, &q);
         mattn_options opts = mattn_options_default();
         opts.threads = 1 + it % 2;
         assert_int_equal(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_OK);
@@ -515,7 +472,7 @@ static void test_info_reuse(void **state)
 static void test_sdpa_choice(void **state)
 {
     (void)state;
-    tc_problem p = base(80, 1, 512, 512, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(80, 1, 512, 512, 2, 1, 16, 16);
     float *o = tl_alloc(sizeof(float) * 512 * 2 * 16);
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 512, 2, 16), k = mattn_tensor_bthd(p.k, 1, 512, 1, 16),
                  v = mattn_tensor_bthd(p.v, 1, 512, 1, 16), to = mattn_tensor_bthd(o, 1, 512, 2, 16);
@@ -543,20 +500,9 @@ static void test_sdpa_choice(void **state)
     tc_free(&p);
     /* And its answers: sdpa through splash against the reference, with the
      * boolean mask per head, the structural options and offsets together. */
-    p = base(82, 2, 200, 220, 4, 2, 16, 16);
+    p = tc_seeded(82, 2, 200, 220, 4, 2, 16, 16);
     p.causal = 1, p.q_offset = 20, p.kv_offset = 3;
-    p.mask_b = 1, p.mask_h = 4;
-    p.mask = tl_alloc(4 * 200 * 220);
-    for (int h = 0; h < 4; h++)
-        for (int i = 0; i < 200; i++)
-            for (int j = 0; j < 220; j++)
-                p.mask[(h * 200 + i) * 220 + j] = (uint8_t)((j / 32 + h) % 3 != 0 && (i + j) % 7);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 200);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 220);
-    for (int x = 0; x < 2 * 200; x++)
-        p.q_seg[x] = x % 200 < 190 ? (x % 200) / 50 : -1;
-    for (int x = 0; x < 2 * 220; x++)
-        p.kv_seg[x] = (x % 220 + 20) / 50;
+    tc_striped_mask_segments(&p);
     size_t no = 2 * 200 * 4 * 16, nl = 2 * 4 * 200;
     float *out = tl_alloc(sizeof(float) * no), *lse = tl_alloc(sizeof(float) * nl);
     double *ro = tl_alloc(sizeof(double) * no), *rl = tl_alloc(sizeof(double) * nl);
@@ -577,17 +523,10 @@ static void test_sdpa_choice(void **state)
 
 /* ------------------------------------------------------------------ errors */
 
-static void expect_error(int rc, int code, const char *what)
-{
-    if (rc != code)
-        fail_msg("%s: returned %d (%s), expected %d", what, rc, mattn_err_name(rc), code);
-    assert_true(strlen(mattn_last_error()) > 0);
-}
-
 static void test_front_door_errors(void **state)
 {
     (void)state;
-    tc_problem p = base(90, 1, 32, 48, 4, 2, 8, 8);
+    tc_problem p = tc_seeded(90, 1, 32, 48, 4, 2, 8, 8);
     float o[32 * 4 * 8], lse[4 * 32];
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 32, 4, 8), k = mattn_tensor_bthd(p.k, 1, 48, 2, 8),
                  v = mattn_tensor_bthd(p.v, 1, 48, 2, 8), to = mattn_tensor_bthd(o, 1, 32, 4, 8);
@@ -596,37 +535,39 @@ static void test_front_door_errors(void **state)
     assert_int_equal(mattn_splash_mask_causal(0, &m), MATTN_OK);
     mattn_splash_mask *three[3] = {m, m, m};
     assert_int_equal(mattn_splash_mask_per_head(three, 3, &ph), MATTN_OK);
-    expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, ph, &opts), MATTN_ERR_SHAPE,
-                 "3-head mask, 4 q heads");
-    expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, NULL, &opts), MATTN_ERR_ARG,
-                 "NULL info");
+    tl_expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, ph, &opts), MATTN_ERR_SHAPE,
+                    "3-head mask, 4 q heads");
+    tl_expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, NULL, &opts), MATTN_ERR_ARG,
+                    "NULL info");
     mattn_splash_info_options io = mattn_splash_info_options_default();
     mattn_splash_info *info;
     assert_int_equal(mattn_splash_info_create(m, 32, 40, &io, &info), MATTN_OK);
-    expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_SHAPE,
-                 "info for another S");
+    tl_expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_SHAPE,
+                    "info for another S");
     mattn_splash_info_free(info);
     io.q_offset = 16;
     assert_int_equal(mattn_splash_info_create(m, 32, 48, &io, &info), MATTN_OK);
-    expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_ARG,
-                 "info for another q_offset");
+    tl_expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_ARG,
+                    "info for another q_offset");
     opts.q_offset = 16;
     assert_int_equal(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_OK);
     opts.block_q = 8;
-    expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_ARG,
-                 "block size mismatch");
+    tl_expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_ARG,
+                    "block size mismatch");
     mattn_splash_info_free(info);
     io.q_offset = 0, opts.q_offset = 0, opts.block_q = 0;
     assert_int_equal(mattn_splash_info_create(ph, 32, 48, &io, &info), MATTN_OK);
-    expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_SHAPE,
-                 "3-head info, 4 q heads");
+    tl_expect_error(mattn_splash_forward_info(&q, &k, &v, &to, lse, info, &opts), MATTN_ERR_SHAPE,
+                    "3-head info, 4 q heads");
     mattn_splash_info_free(info);
     /* The usual argument checks run first. */
     opts.dropout_p = 1.0f;
-    expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, m, &opts), MATTN_ERR_ARG, "dropout 1");
+    tl_expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, m, &opts), MATTN_ERR_ARG,
+                    "dropout 1");
     opts.dropout_p = 0.0f;
     k.heads = 3;
-    expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, m, &opts), MATTN_ERR_SHAPE, "Hq % Hkv");
+    tl_expect_error(mattn_splash_forward(&q, &k, &v, &to, lse, m, &opts), MATTN_ERR_SHAPE,
+                    "Hq % Hkv");
     mattn_splash_mask_free(m);
     mattn_splash_mask_free(ph);
     tc_free(&p);
@@ -678,18 +619,10 @@ static void test_random(void **state)
         tm *t = random_tree(&r, 2, bits, T, S, p.Hq);
         if (tl_int(&r, 3) == 0)
             p.causal = 1;
-        if (tl_int(&r, 3) == 0) {
-            p.q_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * T));
-            p.kv_seg = tl_alloc(sizeof(int32_t) * (size_t)(B * S));
-            for (int64_t x = 0; x < B * T; x++)
-                p.q_seg[x] = (int32_t)tl_int(&r, 3) - 1;
-            for (int64_t x = 0; x < B * S; x++)
-                p.kv_seg[x] = (int32_t)tl_int(&r, 3) - 1;
-        }
-        if (tl_int(&r, 3) == 0) {
-            p.sinks = tl_alloc(sizeof(float) * (size_t)p.Hq);
-            tl_fill(&r, p.sinks, p.Hq, 2.0);
-        }
+        if (tl_int(&r, 3) == 0)
+            tc_random_segment_ids(&r, &p, 3);
+        if (tl_int(&r, 3) == 0)
+            tc_random_sinks(&r, &p, 2.0);
         if (tl_int(&r, 3) == 0)
             p.softcap = 2.0 + 5.0 * tl_uniform(&r);
         if (tl_int(&r, 3) == 0)

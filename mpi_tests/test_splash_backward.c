@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cases.h"
 #include "common/refgrad.h"
 #include "test_splash_masks.h"
 
@@ -25,51 +26,6 @@ typedef struct bcfg {
     int threads;
     int mode;      /* 0: mattn_splash_backward(mask), 1: _info, 2: mask NULL */
 } bcfg;
-
-static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    if (layout == 'h')
-        return mattn_tensor_bhtd(buf, B, L, H, Dm);
-    if (layout == 'p') {
-        mattn_tensor t = {.data = buf, .batch = B, .seq = L, .heads = H, .dim = Dm};
-        t.stride_head = Dm + 3;
-        t.stride_seq = H * (Dm + 3) + 5;
-        t.stride_batch = L * t.stride_seq + 7;
-        return t;
-    }
-    return mattn_tensor_bthd(buf, B, L, H, Dm);
-}
-
-/* A NaN-filled buffer for view(layout, ...): an element never written fails. */
-static float *view_alloc(char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    size_t n = layout == 'p' ? (size_t)(B * (L * (H * (Dm + 3) + 5) + 7))
-                             : (size_t)(B * L * H * Dm);
-    float *x = tl_alloc(sizeof(float) * (n + 1));
-    for (size_t i = 0; i <= n; i++)
-        x[i] = NAN;
-    return x;
-}
-
-static void copy_in(const float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       sizeof(float) * (size_t)t->dim);
-}
-
-static void copy_out(float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       sizeof(float) * (size_t)t->dim);
-}
 
 /* The gradients one splash backward call returned, in BTHD. */
 typedef struct grads {
@@ -90,16 +46,21 @@ static int run_bwd(const tc_problem *call, const tm *t, const bcfg *cfg, const f
     const int64_t B = call->B, T = call->T, S = call->S, Hq = call->Hq, Hkv = call->Hkv,
                   D = call->D, Dv = call->Dv;
     const char l = cfg->layout;
-    float *bq = view_alloc(l, B, T, Hq, D), *bk = view_alloc(l, B, S, Hkv, D),
-          *bv = view_alloc(l, B, S, Hkv, Dv), *bo = view_alloc(l, B, T, Hq, Dv),
-          *bdo = view_alloc(l, B, T, Hq, Dv), *bdq = view_alloc(l, B, T, Hq, D),
-          *bdk = view_alloc(l, B, S, Hkv, D), *bdv = view_alloc(l, B, S, Hkv, Dv);
-    mattn_tensor q = view(bq, l, B, T, Hq, D), k = view(bk, l, B, S, Hkv, D),
-                 v = view(bv, l, B, S, Hkv, Dv), o = view(bo, l, B, T, Hq, Dv),
-                 dot = view(bdo, l, B, T, Hq, Dv), dq = view(bdq, l, B, T, Hq, D),
-                 dk = view(bdk, l, B, S, Hkv, D), dv = view(bdv, l, B, S, Hkv, Dv);
-    copy_in(call->q, &q), copy_in(call->k, &k), copy_in(call->v, &v);
-    copy_in(o_bthd, &o), copy_in(dout, &dot);
+    /* NaN-filled: an element never written fails. */
+    float *bq = tl_nan_floats(tl_view_floats(l, B, T, Hq, D)),
+          *bk = tl_nan_floats(tl_view_floats(l, B, S, Hkv, D)),
+          *bv = tl_nan_floats(tl_view_floats(l, B, S, Hkv, Dv)),
+          *bo = tl_nan_floats(tl_view_floats(l, B, T, Hq, Dv)),
+          *bdo = tl_nan_floats(tl_view_floats(l, B, T, Hq, Dv)),
+          *bdq = tl_nan_floats(tl_view_floats(l, B, T, Hq, D)),
+          *bdk = tl_nan_floats(tl_view_floats(l, B, S, Hkv, D)),
+          *bdv = tl_nan_floats(tl_view_floats(l, B, S, Hkv, Dv));
+    mattn_tensor q = tl_view(bq, l, B, T, Hq, D), k = tl_view(bk, l, B, S, Hkv, D),
+                 v = tl_view(bv, l, B, S, Hkv, Dv), o = tl_view(bo, l, B, T, Hq, Dv),
+                 dot = tl_view(bdo, l, B, T, Hq, Dv), dq = tl_view(bdq, l, B, T, Hq, D),
+                 dk = tl_view(bdk, l, B, S, Hkv, D), dv = tl_view(bdv, l, B, S, Hkv, Dv);
+    tl_scatter(call->q, &q), tl_scatter(call->k, &k), tl_scatter(call->v, &v);
+    tl_scatter(o_bthd, &o), tl_scatter(dout, &dot);
     memset(out, 0, sizeof *out);
     size_t nb = (size_t)(call->bias_b * call->bias_h * T * S);
     if (call->sinks) {
@@ -136,7 +97,7 @@ static int run_bwd(const tc_problem *call, const tm *t, const bcfg *cfg, const f
     out->dk = tl_alloc(sizeof(float) * (size_t)(B * S * Hkv * D + 1));
     out->dv = tl_alloc(sizeof(float) * (size_t)(B * S * Hkv * Dv + 1));
     if (rc == MATTN_OK)
-        copy_out(out->dq, &dq), copy_out(out->dk, &dk), copy_out(out->dv, &dv);
+        tl_gather(out->dq, &dq), tl_gather(out->dk, &dk), tl_gather(out->dv, &dv);
     free(bq), free(bk), free(bv), free(bo), free(bdo), free(bdq), free(bdk), free(bdv);
     return rc;
 }
@@ -170,14 +131,7 @@ static refcase refcase_make(const tc_problem *call, const tm *t, uint64_t seed)
     rc.dout = rg_random_dout(&r, call);
     rc.in = rg_inputs_make(&rc.ref, rc.dout);
     rc.g = rg_backward(&rc.ref, &rc.in, NULL);
-    size_t no = (size_t)(call->B * call->T * call->Hq * call->Dv),
-           nl = (size_t)(call->B * call->Hq * call->T);
-    rc.o = tl_alloc(sizeof(float) * (no + 1));
-    rc.lse = tl_alloc(sizeof(float) * (nl + 1));
-    for (size_t x = 0; x < no; x++)
-        rc.o[x] = (float)rc.g.o[x];
-    for (size_t x = 0; x < nl; x++)
-        rc.lse[x] = (float)rc.g.lse[x];
+    rg_round_forward(call, &rc.g, &rc.o, &rc.lse);
     return rc;
 }
 
@@ -215,19 +169,12 @@ static void check_bwd(const tc_problem *call, const tm *t, const char *what)
     refcase_free(&rc);
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
-                       int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* ------------------------------------------------------------------ mask kinds */
 
 static void test_band_kinds(void **state)
 {
     (void)state;
-    tc_problem p = base(1, 2, 45, 58, 4, 2, 16, 12);
+    tc_problem p = tc_seeded(1, 2, 45, 58, 4, 2, 16, 12);
     check_bwd(&p, tm_full(), "full");
     check_bwd(&p, tm_causal(0), "causal");
     check_bwd(&p, tm_causal(6), "causal +6");
@@ -244,13 +191,10 @@ static void test_dense_and_per_head(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(2);
-    tc_problem p = base(2, 2, 41, 50, 3, 3, 8, 16);
+    tc_problem p = tc_seeded(2, 2, 41, 50, 3, 3, 8, 16);
     uint8_t *bits = tm_random_bits(&r, 41 * 50, 0.6);
     check_bwd(&p, tm_dense(bits, 41, 50, 0, 0), "dense random");
-    uint8_t *cells = tl_alloc(41 * 50);
-    for (int i = 0; i < 41; i++)
-        for (int j = 0; j < 50; j++)
-            cells[i * 50 + j] = (uint8_t)(((i / 16) + 2 * (j / 16)) % 3 == 0);
+    uint8_t *cells = tc_block_sparse_bits(41, 50);
     check_bwd(&p, tm_dense(cells, 41, 50, 0, 0), "dense block-sparse");
     check_bwd(&p, tm_dense(bits, 30, 30, 6, 12), "dense placed off-origin");
     tm *heads[3] = {tm_causal(0), tm_dense(bits, 41, 50, 0, 0), tm_local(3, 3)};
@@ -264,7 +208,7 @@ static void test_combinations(void **state)
 {
     (void)state;
     tl_rng r = tl_rng_make(3);
-    tc_problem p = base(3, 1, 48, 48, 4, 1, 16, 16);
+    tc_problem p = tc_seeded(3, 1, 48, 48, 4, 1, 16, 16);
     uint8_t *bits = tm_random_bits(&r, 48 * 48, 0.5);
     tm *dense = tm_dense(bits, 48, 48, 0, 0);
     check_bwd(&p, tm_pair(TM_AND, tm_causal(0), tm_local(10, 0)), "causal & local");
@@ -297,8 +241,7 @@ static void test_options_segments(void **state)
     check_bwd(&p, tm_causal(0), "opts per-batch mask & causal");
     free(p.mask);
     p.mask = NULL;
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 50);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 50);
+    tc_add_segments(&p);
     for (int b = 0; b < 2; b++)
         for (int i = 0; i < 50; i++)
             p.q_seg[b * 50 + i] = p.kv_seg[b * 50 + i] = i < 45 ? (i + 7 * b) / 13 : -1;
@@ -326,17 +269,12 @@ static void test_logit_options(void **state)
     p.scale = 0.3;
     static const int64_t dims[][2] = {{1, 1}, {2, 1}, {1, 4}, {2, 4}};
     for (int c = 0; c < 4; c++) {
-        p.bias_b = dims[c][0], p.bias_h = dims[c][1];
-        int64_t nb = p.bias_b * p.bias_h * 39 * 44;
-        p.bias = tl_alloc(sizeof(float) * (size_t)nb);
-        tl_fill(&r, p.bias, nb, 2.0);
+        tc_random_bias(&r, &p, dims[c][0], dims[c][1], 2.0);
         check_bwd(&p, tm_chunked(12), "scale + bias");
         free(p.bias);
         p.bias = NULL;
     }
-    p.bias_b = 1, p.bias_h = 4;
-    p.bias = tl_alloc(sizeof(float) * 4 * 39 * 44);
-    tl_fill(&r, p.bias, 4 * 39 * 44, 1.0);
+    tc_random_bias(&r, &p, 1, 4, 1.0);
     p.dropout_p = 0.35f, p.seed = 99, p.drop_b0 = 1, p.drop_h0 = 4;
     check_bwd(&p, tm_pair(TM_OR, tm_causal(0), tm_local(0, 3)), "dropout and everything");
     p.q_offset = 30, p.kv_offset = 25;
@@ -350,12 +288,12 @@ static void test_logit_options(void **state)
 static void test_gqa_mqa(void **state)
 {
     (void)state;
-    tc_problem p = base(7, 1, 70, 66, 6, 2, 16, 24); /* GQA, Dv != D */
+    tc_problem p = tc_seeded(7, 1, 70, 66, 6, 2, 16, 24); /* GQA, Dv != D */
     check_bwd(&p, tm_causal(0), "GQA causal");
     tc_free(&p);
     /* MQA with 16 q heads: 256 / 16 = 16 positions per GEMM sub-block, so a
      * 64-row q block is cut in four. */
-    p = base(8, 1, 80, 90, 16, 1, 8, 8);
+    p = tc_seeded(8, 1, 80, 90, 16, 1, 8, 8);
     refcase rc = refcase_make(&p, tm_local(20, 5), 8);
     bcfg big = {64, 32, 't', 2, 1};
     check_cfg(&p, tm_local(20, 5), &rc, &big, "MQA sub-blocks");
@@ -377,13 +315,13 @@ static void test_lengths(void **state)
     (void)state;
     static const int64_t shapes[][2] = {{1, 1}, {1, 77}, {77, 1}, {70, 131}, {5, 0}, {0, 7}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        tc_problem p = base(20 + i, 2, shapes[i][0], shapes[i][1], 4, 2, 8, 8);
+        tc_problem p = tc_seeded(20 + i, 2, shapes[i][0], shapes[i][1], 4, 2, 8, 8);
         p.q_offset = p.S - p.T; /* bottom-right: the T = 1 row is a decode step */
         check_bwd(&p, tm_causal(0), "lengths causal");
         check_bwd(&p, tm_local(7, 0), "lengths local");
         tc_free(&p);
     }
-    tc_problem p = base(30, 0, 5, 5, 2, 2, 8, 8); /* B = 0 */
+    tc_problem p = tc_seeded(30, 0, 5, 5, 2, 2, 8, 8); /* B = 0 */
     check_bwd(&p, tm_causal(0), "B = 0");
     tc_free(&p);
     tm_free_all();
@@ -394,7 +332,7 @@ static void test_lengths(void **state)
 static void test_default_blocks(void **state)
 {
     (void)state;
-    tc_problem p = base(35, 1, 600, 640, 4, 2, 32, 32);
+    tc_problem p = tc_seeded(35, 1, 600, 640, 4, 2, 32, 32);
     static const bcfg cfgs[] = {{0, 0, 't', 1, 0}, {0, 0, 'h', 2, 2}};
     p.causal = 1; /* mode 2 derives the same causal mask from the options */
     tm *t = tm_causal(0);
@@ -416,7 +354,7 @@ static void test_fully_masked_rows(void **state)
 {
     (void)state;
     for (int sinks = 0; sinks < 2; sinks++) {
-        tc_problem p = base(40, 1, 20, 20, 2, 2, 8, 8);
+        tc_problem p = tc_seeded(40, 1, 20, 20, 2, 2, 8, 8);
         if (sinks) {
             p.sinks = tl_alloc(sizeof(float) * 2);
             p.sinks[0] = 1.5f, p.sinks[1] = -0.25f;
@@ -477,7 +415,7 @@ static void test_mask_from_options(void **state)
 static void test_empty_blocks_not_read(void **state)
 {
     (void)state;
-    tc_problem p = base(60, 1, 48, 80, 2, 1, 8, 8);
+    tc_problem p = tc_seeded(60, 1, 48, 80, 2, 1, 8, 8);
     /* Keys 32..63 are masked for every query: with 16-key blocks, kv blocks
      * 2 and 3 are EMPTY everywhere. */
     uint8_t *bits = tl_alloc(48 * 80);
@@ -486,9 +424,7 @@ static void test_empty_blocks_not_read(void **state)
             bits[i * 80 + j] = (uint8_t)((j < 32 || j >= 64) && (i + j) % 5);
     tm *t = tm_dense(bits, 48, 80, 0, 0);
     refcase rc = refcase_make(&p, t, 60);
-    for (int j = 32; j < 64; j++)
-        for (int d = 0; d < 8; d++)
-            p.k[j * 8 + d] = NAN, p.v[j * 8 + d] = NAN;
+    tc_nan_keys(&p, 32, 64);
     bcfg cfgs[] = {{16, 16, 't', 1, 1}, {16, 16, 'h', 2, 0}};
     for (int c = 0; c < 2; c++) {
         grads g;
@@ -503,12 +439,10 @@ static void test_empty_blocks_not_read(void **state)
     tc_free(&p);
     /* Top-left causal with T < S, 3 threads (kv ranges split): keys from T
      * on are in EMPTY blocks only. */
-    p = base(61, 1, 40, 80, 2, 2, 8, 8);
+    p = tc_seeded(61, 1, 40, 80, 2, 2, 8, 8);
     t = tm_causal(0);
     rc = refcase_make(&p, t, 61);
-    for (int j = 48; j < 80; j++)
-        for (int x = 0; x < 16; x++)
-            p.k[j * 16 + x] = NAN, p.v[j * 16 + x] = NAN;
+    tc_nan_keys(&p, 48, 80);
     bcfg cfg = {16, 16, 't', 3, 0};
     grads g;
     assert_int_equal(run_bwd(&p, t, &cfg, rc.o, rc.lse, rc.dout, &g), MATTN_OK);
@@ -528,9 +462,7 @@ static void test_threads_and_panels(void **state)
     (void)state;
     tl_rng r = tl_rng_make(70);
     tc_problem p = tc_make(&r, 2, 90, 100, 2, 1, 16, 16, 1.0);
-    p.bias_b = 1, p.bias_h = 2;
-    p.bias = tl_alloc(sizeof(float) * 2 * 90 * 100);
-    tl_fill(&r, p.bias, 2 * 90 * 100, 1.0);
+    tc_random_bias(&r, &p, 1, 2, 1.0);
     tm *t = tm_pair(TM_OR, tm_causal(0), tm_local(0, 20));
     refcase rc = refcase_make(&p, t, 70);
     static const bcfg cfgs[] = {{16, 8, 't', 4, 1}, {7, 16, 'h', 3, 0}, {32, 32, 't', 2, 1}};
@@ -552,7 +484,7 @@ static void test_threads_and_panels(void **state)
 static void test_sdpa_choice(void **state)
 {
     (void)state;
-    tc_problem p = base(80, 1, 512, 512, 2, 1, 16, 16);
+    tc_problem p = tc_seeded(80, 1, 512, 512, 2, 1, 16, 16);
     float *o = tl_alloc(sizeof(float) * 512 * 2 * 16), *lse = tl_alloc(sizeof(float) * 2 * 512);
     float *dout = tl_alloc(sizeof(float) * 512 * 2 * 16), *dq = tl_alloc(sizeof(float) * 512 * 2 * 16);
     float *dk = tl_alloc(sizeof(float) * 512 * 16), *dv = tl_alloc(sizeof(float) * 512 * 16);
@@ -576,20 +508,9 @@ static void test_sdpa_choice(void **state)
     tc_free(&p);
     /* And the gradients through sdpa's splash path: structural options with
      * offsets, a per-head boolean mask, segments. */
-    p = base(82, 2, 160, 170, 4, 2, 16, 16);
+    p = tc_seeded(82, 2, 160, 170, 4, 2, 16, 16);
     p.causal = 1, p.q_offset = 15, p.kv_offset = 3;
-    p.mask_b = 1, p.mask_h = 4;
-    p.mask = tl_alloc(4 * 160 * 170);
-    for (int h = 0; h < 4; h++)
-        for (int i = 0; i < 160; i++)
-            for (int j = 0; j < 170; j++)
-                p.mask[(h * 160 + i) * 170 + j] = (uint8_t)((j / 32 + h) % 3 != 0 && (i + j) % 7);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 2 * 160);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 2 * 170);
-    for (int x = 0; x < 2 * 160; x++)
-        p.q_seg[x] = x % 160 < 150 ? (x % 160) / 50 : -1;
-    for (int x = 0; x < 2 * 170; x++)
-        p.kv_seg[x] = (x % 170 + 20) / 50;
+    tc_striped_mask_segments(&p);
     tl_rng r = tl_rng_make(83);
     float *d = rg_random_dout(&r, &p);
     assert_int_equal(rg_run_and_check("sdpa", &p, d, 'h', 2, 32, 32), MATTN_OK);
@@ -604,8 +525,7 @@ static void test_after_forward(void **state)
     (void)state;
     tl_rng r = tl_rng_make(90);
     tc_problem p = tc_make(&r, 2, 64, 64, 4, 2, 16, 16, 1.0);
-    p.sinks = tl_alloc(sizeof(float) * 4);
-    tl_fill(&r, p.sinks, 4, 1.0);
+    tc_random_sinks(&r, &p, 1.0);
     p.softcap = 5.0;
     tm *t = tm_pair(TM_AND, tm_causal(0), tm_local(24, 0));
     tc_problem ref = tm_reference_of(&p, t);
@@ -639,17 +559,10 @@ static void test_after_forward(void **state)
 
 /* ------------------------------------------------------------------ errors */
 
-static void expect_error(int rc, int code, const char *what)
-{
-    if (rc != code)
-        fail_msg("%s: returned %d (%s), expected %d", what, rc, mattn_err_name(rc), code);
-    assert_true(strlen(mattn_last_error()) > 0);
-}
-
 static void test_errors(void **state)
 {
     (void)state;
-    tc_problem p = base(95, 1, 32, 48, 4, 2, 8, 8);
+    tc_problem p = tc_seeded(95, 1, 32, 48, 4, 2, 8, 8);
     float o[32 * 4 * 8] = {0}, lse[4 * 32] = {0}, dout[32 * 4 * 8] = {0}, dq[32 * 4 * 8];
     float dk[48 * 2 * 8], dv[48 * 2 * 8], ds[4];
     mattn_tensor q = mattn_tensor_bthd(p.q, 1, 32, 4, 8), k = mattn_tensor_bthd(p.k, 1, 48, 2, 8),
@@ -664,35 +577,35 @@ static void test_errors(void **state)
     assert_int_equal(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
                                            NULL, m, &opts),
                      MATTN_OK);
-    expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
-                                       ph, &opts),
-                 MATTN_ERR_SHAPE, "3-head mask, 4 q heads");
-    expect_error(mattn_splash_backward(&q, &k, &v, &to, NULL, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
-                                       m, &opts),
-                 MATTN_ERR_ARG, "lse NULL");
-    expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, ds, NULL, m,
-                                       &opts),
-                 MATTN_ERR_ARG, "dsinks without sinks");
-    expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
-                                            NULL, NULL, &opts),
-                 MATTN_ERR_ARG, "NULL info");
+    tl_expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
+                                          ph, &opts),
+                    MATTN_ERR_SHAPE, "3-head mask, 4 q heads");
+    tl_expect_error(mattn_splash_backward(&q, &k, &v, &to, NULL, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
+                                          m, &opts),
+                    MATTN_ERR_ARG, "lse NULL");
+    tl_expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, ds, NULL, m,
+                                          &opts),
+                    MATTN_ERR_ARG, "dsinks without sinks");
+    tl_expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
+                                               NULL, NULL, &opts),
+                    MATTN_ERR_ARG, "NULL info");
     mattn_splash_info_options io = mattn_splash_info_options_default();
     mattn_splash_info *info;
     assert_int_equal(mattn_splash_info_create(m, 32, 40, &io, &info), MATTN_OK);
-    expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
-                                            NULL, info, &opts),
-                 MATTN_ERR_SHAPE, "info for another S");
+    tl_expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
+                                               NULL, info, &opts),
+                    MATTN_ERR_SHAPE, "info for another S");
     mattn_splash_info_free(info);
     io.q_offset = 16;
     assert_int_equal(mattn_splash_info_create(m, 32, 48, &io, &info), MATTN_OK);
-    expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
-                                            NULL, info, &opts),
-                 MATTN_ERR_ARG, "info for another q_offset");
+    tl_expect_error(mattn_splash_backward_info(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL,
+                                               NULL, info, &opts),
+                    MATTN_ERR_ARG, "info for another q_offset");
     mattn_splash_info_free(info);
     tdk.heads = 1;
-    expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
-                                       m, &opts),
-                 MATTN_ERR_SHAPE, "dk shape");
+    tl_expect_error(mattn_splash_backward(&q, &k, &v, &to, lse, &tdo, &tdq, &tdk, &tdv, NULL, NULL,
+                                          m, &opts),
+                    MATTN_ERR_SHAPE, "dk shape");
     mattn_splash_mask_free(m);
     mattn_splash_mask_free(ph);
     tc_free(&p);

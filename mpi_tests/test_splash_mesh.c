@@ -8,21 +8,12 @@
  * reference. Plus the errors every rank must return alike: sp > 1, a
  * per-head mask of the wrong head count, ranks disagreeing on the mask.
  * Collective. */
-#include <math.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "common/testlib.h"
+#include "common/cases.h"
+#include "common/shards.h"
 #include "test_splash_masks.h"
-
-static void split(int64_t n, int parts, int i, int64_t *start, int64_t *count)
-{
-    *count = n / parts + (i < n % parts ? 1 : 0);
-    *start = i * (n / parts) + (i < n % parts ? i : n % parts);
-}
 
 /* The whole problem through single-rank splash (mask t, or NULL: from the
  * options). */
@@ -38,76 +29,13 @@ static void single_rank(const tc_problem *p, const tm *t, float *o, float *lse)
     mattn_splash_mask_free(m);
 }
 
-/* This rank's shard of p on mesh m. */
-typedef struct shard {
-    int64_t b0, nb, hk0, nhk, h0, nh;
-    float *q, *k, *v, *o, *lse;
-    int32_t *qs, *ks;
-    mattn_tensor tq, tk, tv, to;
-    mattn_options opts;
-    mattn_dist_shape shape;
-} shard;
-
-static void shard_make(const tc_problem *p, mattn_mesh *m, shard *s)
-{
-    int dp, tp, sp, dpr, tpr, spr;
-    mattn_mesh_shape(m, &dp, &tp, &sp);
-    mattn_mesh_coords(m, &dpr, &tpr, &spr);
-    int64_t G = p->Hq / p->Hkv, T = p->T, S = p->S, D = p->D, Dv = p->Dv;
-    memset(s, 0, sizeof *s);
-    split(p->B, dp, dpr, &s->b0, &s->nb);
-    split(p->Hkv, tp, tpr, &s->hk0, &s->nhk);
-    s->h0 = s->hk0 * G, s->nh = s->nhk * G;
-    int64_t nb = s->nb, nh = s->nh, nhk = s->nhk;
-    s->q = tl_alloc(sizeof(float) * (size_t)(nb * T * nh * D + 1));
-    s->k = tl_alloc(sizeof(float) * (size_t)(nb * S * nhk * D + 1));
-    s->v = tl_alloc(sizeof(float) * (size_t)(nb * S * nhk * Dv + 1));
-    s->o = tl_alloc(sizeof(float) * (size_t)(nb * T * nh * Dv + 1));
-    s->lse = tl_alloc(sizeof(float) * (size_t)(nb * nh * T + 1));
-    for (int64_t b = 0; b < nb; b++) {
-        for (int64_t t = 0; t < T; t++)
-            memcpy(s->q + (b * T + t) * nh * D, p->q + (((s->b0 + b) * T + t) * p->Hq + s->h0) * D,
-                   sizeof(float) * (size_t)(nh * D));
-        for (int64_t j = 0; j < S; j++) {
-            memcpy(s->k + (b * S + j) * nhk * D,
-                   p->k + (((s->b0 + b) * S + j) * p->Hkv + s->hk0) * D,
-                   sizeof(float) * (size_t)(nhk * D));
-            memcpy(s->v + (b * S + j) * nhk * Dv,
-                   p->v + (((s->b0 + b) * S + j) * p->Hkv + s->hk0) * Dv,
-                   sizeof(float) * (size_t)(nhk * Dv));
-        }
-    }
-    for (int64_t x = 0; x < nb * T * nh * Dv; x++)
-        s->o[x] = NAN;
-    for (int64_t x = 0; x < nb * nh * T; x++)
-        s->lse[x] = NAN;
-    s->opts = tc_options(p); /* global sinks, mask, bias */
-    if (p->q_seg) {
-        s->qs = tl_alloc(sizeof(int32_t) * (size_t)(nb * T + 1));
-        s->ks = tl_alloc(sizeof(int32_t) * (size_t)(nb * S + 1));
-        memcpy(s->qs, p->q_seg + s->b0 * T, sizeof(int32_t) * (size_t)(nb * T));
-        memcpy(s->ks, p->kv_seg + s->b0 * S, sizeof(int32_t) * (size_t)(nb * S));
-        s->opts.q_segment_ids = s->qs, s->opts.kv_segment_ids = s->ks;
-    }
-    s->shape = (mattn_dist_shape){p->B, T, S, p->Hq, p->Hkv, MATTN_SEQ_CONTIGUOUS};
-    s->tq = mattn_tensor_bthd(s->q, nb, T, nh, D);
-    s->tk = mattn_tensor_bthd(s->k, nb, S, nhk, D);
-    s->tv = mattn_tensor_bthd(s->v, nb, S, nhk, Dv);
-    s->to = mattn_tensor_bthd(s->o, nb, T, nh, Dv);
-}
-
-static void shard_free(shard *s)
-{
-    free(s->q), free(s->k), free(s->v), free(s->o), free(s->lse), free(s->qs), free(s->ks);
-}
-
 /* One mesh, one mask (t NULL: from the options; via_op: through
  * mattn_mesh_forward): run, compare with single-rank rows and the reference. */
 static void check_one(const tc_problem *p, mattn_mesh *m, const tm *t, int via_op,
                       const char *what)
 {
-    shard s;
-    shard_make(p, m, &s);
+    sh_local s;
+    sh_local_make(p, m, &s);
     int rc;
     if (via_op) {
         mattn_kernel chosen = (mattn_kernel)-1;
@@ -134,36 +62,9 @@ static void check_one(const tc_problem *p, mattn_mesh *m, const tm *t, int via_o
     float *go = tl_alloc(sizeof(float) * (nrow * (size_t)Dv + 1));
     float *gl = tl_alloc(sizeof(float) * (nl + 1));
     single_rank(p, t, go, gl);
-    int dp, tp, sp;
-    mattn_mesh_shape(m, &dp, &tp, &sp);
-    for (int64_t b = 0; b < s.nb; b++)
-        for (int64_t tt = 0; tt < T; tt++)
-            for (int64_t h = 0; h < s.nh; h++) {
-                int64_t row = ((s.b0 + b) * T + tt) * Hq + s.h0 + h;
-                const float *got = s.o + ((b * T + tt) * s.nh + h) * Dv;
-                for (int64_t d = 0; d < Dv; d++) {
-                    if (memcmp(&got[d], &go[row * Dv + d], sizeof(float)) != 0)
-                        fail_msg("%s on %dx%d, rank %d: o[b=%lld, t=%lld, h=%lld, d=%lld] = "
-                                 "%.9g but single-rank gives %.9g", what, dp, tp, tl_rank(),
-                                 (long long)(s.b0 + b), (long long)tt, (long long)(s.h0 + h),
-                                 (long long)d, got[d], go[row * Dv + d]);
-                    if (!(fabs(got[d] - ro[row * Dv + d]) <= tol_o[row]))
-                        fail_msg("%s: o[b=%lld, t=%lld, h=%lld] = %.9g, reference %.9g", what,
-                                 (long long)(s.b0 + b), (long long)tt, (long long)(s.h0 + h),
-                                 got[d], ro[row * Dv + d]);
-                }
-                int64_t li = ((s.b0 + b) * Hq + s.h0 + h) * T + tt;
-                float l = s.lse[(b * s.nh + h) * T + tt];
-                if (memcmp(&l, &gl[li], sizeof l) != 0)
-                    fail_msg("%s: lse[b=%lld, h=%lld, t=%lld] = %.9g but single-rank %.9g", what,
-                             (long long)(s.b0 + b), (long long)(s.h0 + h), (long long)tt, l,
-                             gl[li]);
-                int ok = rl[li] == -INFINITY ? l == -INFINITY : fabs(l - rl[li]) <= tol_l[li];
-                if (!ok)
-                    fail_msg("%s: lse %.9g, reference %.9g", what, l, rl[li]);
-            }
+    sh_local_check(what, p, &s, go, gl, ro, rl, tol_o, tol_l);
     free(ref.mask), free(ro), free(rl), free(tol_o), free(tol_l), free(go), free(gl);
-    shard_free(&s);
+    sh_local_free(&s);
 }
 
 /* Every sp = 1 mesh of the job. */
@@ -180,13 +81,6 @@ static void check_all(const tc_problem *p, const tm *t, int via_op, const char *
     }
 }
 
-static tc_problem base(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq,
-                       int64_t Hkv, int64_t D, int64_t Dv)
-{
-    tl_rng r = tl_rng_make(seed);
-    return tc_make(&r, B, T, S, Hq, Hkv, D, Dv, 1.0);
-}
-
 /* mattn_mesh_forward(MATTN_OP_SPLASH): the mask from the options. */
 static void test_op_splash(void **state)
 {
@@ -196,8 +90,7 @@ static void test_op_splash(void **state)
     p.causal = 1, p.q_offset = 8;
     check_all(&p, NULL, 1, "op splash causal");
     p.causal = 0, p.window_left = 9, p.window_right = 2, p.chunk = 20;
-    p.sinks = tl_alloc(sizeof(float) * 8);
-    tl_fill(&r, p.sinks, 8, 2.0);
+    tc_random_sinks(&r, &p, 2.0);
     p.softcap = 6.0;
     p.dropout_p = 0.2f, p.seed = 31, p.drop_b0 = 2, p.drop_h0 = 1;
     check_all(&p, NULL, 1, "op splash window, chunk, sinks, cap, dropout");
@@ -205,15 +98,8 @@ static void test_op_splash(void **state)
     p.window_left = p.window_right = -1, p.chunk = 0, p.causal = 1;
     p.mask_b = 1, p.mask_h = 8;
     p.mask = tm_random_bits(&r, 8 * 37 * 45, 0.7);
-    p.bias_b = 5, p.bias_h = 1;
-    p.bias = tl_alloc(sizeof(float) * 5 * 37 * 45);
-    tl_fill(&r, p.bias, 5 * 37 * 45, 1.0);
-    p.q_seg = tl_alloc(sizeof(int32_t) * 5 * 37);
-    p.kv_seg = tl_alloc(sizeof(int32_t) * 5 * 45);
-    for (int64_t x = 0; x < 5 * 37; x++)
-        p.q_seg[x] = (int32_t)tl_int(&r, 3) - 1;
-    for (int64_t x = 0; x < 5 * 45; x++)
-        p.kv_seg[x] = (int32_t)tl_int(&r, 3) - 1;
+    tc_random_bias(&r, &p, 5, 1, 1.0);
+    tc_random_segment_ids(&r, &p, 3);
     check_all(&p, NULL, 1, "op splash per-head mask, bias, segments");
     check_all(&p, NULL, 0, "mesh_splash_forward mask NULL");
     tc_free(&p);
@@ -239,7 +125,7 @@ static void test_mask_objects(void **state)
               "per-head & local & opts causal");
     tc_free(&p);
     /* MQA, B = 1: ranks with nothing to do. */
-    p = base(3, 1, 40, 40, 4, 1, 8, 8);
+    p = tc_seeded(3, 1, 40, 40, 4, 1, 8, 8);
     tm *mq[4] = {tm_causal(0), tm_full(), tm_chunked(7), tm_local(3, 0)};
     check_all(&p, tm_per_head(mq, 4), 0, "MQA per-head, empty shards");
     free(bits);
@@ -263,7 +149,7 @@ static void test_errors(void **state)
 {
     (void)state;
     int size = tl_size();
-    tc_problem p = base(4, 2, 16, 16, 4, 2, 8, 8);
+    tc_problem p = tc_seeded(4, 2, 16, 16, 4, 2, 8, 8);
     mattn_mesh *m;
     mattn_splash_mask *causal, *ph;
     assert_int_equal(mattn_splash_mask_causal(0, &causal), MATTN_OK);
@@ -272,8 +158,8 @@ static void test_errors(void **state)
     if (size > 1) { /* sp > 1: the ring is the sequence-parallel path */
         assert_int_equal(mattn_mesh_create(MPI_COMM_WORLD, 1, 1, size, &m), MATTN_OK);
         int64_t t0, tn, s0, sn;
-        split(16, size, tl_rank(), &t0, &tn);
-        split(16, size, tl_rank(), &s0, &sn);
+        sh_split(16, size, tl_rank(), &t0, &tn);
+        sh_split(16, size, tl_rank(), &s0, &sn);
         float *o = tl_alloc(sizeof(float) * 2 * 16 * 4 * 8);
         mattn_tensor q = mattn_tensor_bthd(p.q, 2, tn, 4, 8), k = mattn_tensor_bthd(p.k, 2, sn, 2, 8);
         mattn_tensor v = mattn_tensor_bthd(p.v, 2, sn, 2, 8), to = mattn_tensor_bthd(o, 2, tn, 4, 8);
@@ -290,8 +176,8 @@ static void test_errors(void **state)
         mattn_mesh_free(m);
     }
     assert_int_equal(mattn_mesh_create(MPI_COMM_WORLD, size, 1, 1, &m), MATTN_OK);
-    shard s;
-    shard_make(&p, m, &s);
+    sh_local s;
+    sh_local_make(&p, m, &s);
     expect_everywhere(mattn_mesh_splash_forward(m, &s.shape, &s.tq, &s.tk, &s.tv, &s.to, s.lse,
                                                 ph, &s.opts),
                       MATTN_ERR_SHAPE, "3-head mask, 4 q heads");
@@ -300,28 +186,17 @@ static void test_errors(void **state)
                                                     s.lse, tl_rank() == size - 1 ? NULL : causal,
                                                     &s.opts),
                           MATTN_ERR_ARG, "mask on some ranks only");
-    shard_free(&s);
+    sh_local_free(&s);
     mattn_mesh_free(m);
     mattn_splash_mask_free(causal);
     mattn_splash_mask_free(ph);
     tc_free(&p);
 }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "test_splash_mesh: TIMEOUT\n";
-    if (write(2, msg, sizeof msg - 1) < 0)
-        _exit(3);
-    _exit(3);
-}
-
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    signal(SIGALRM, on_alarm);
-    const char *limit = getenv("TEST_ALARM");
-    alarm(limit ? (unsigned)atoi(limit) : 120);
+    tl_watchdog("test_splash_mesh: TIMEOUT\n", 120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_op_splash),
         cmocka_unit_test(test_mask_objects),

@@ -1,5 +1,7 @@
 #include "cases.h"
 
+#include <math.h>
+
 tc_problem tc_seeded(uint64_t seed, int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
                      int64_t D, int64_t Dv)
 {
@@ -29,6 +31,15 @@ void tc_random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg)
         for (int64_t i = L - tl_int(r, L / 4 + 1); i < L; i++)
             ids[b * L + i] = -1; /* padding tail */
     }
+}
+
+void tc_random_segment_ids(tl_rng *r, tc_problem *p, int n)
+{
+    tc_add_segments(p);
+    for (int64_t x = 0; x < p->B * p->T; x++)
+        p->q_seg[x] = (int32_t)tl_int(r, n) - 1;
+    for (int64_t x = 0; x < p->B * p->S; x++)
+        p->kv_seg[x] = (int32_t)tl_int(r, n) - 1;
 }
 
 void tc_add_segments(tc_problem *p)
@@ -64,6 +75,41 @@ void tc_random_sinks(tl_rng *r, tc_problem *p, double amp)
     tl_fill(r, p->sinks, p->Hq, amp);
 }
 
+uint8_t *tc_block_sparse_bits(int64_t T, int64_t S)
+{
+    uint8_t *cells = tl_alloc((size_t)(T * S));
+    for (int64_t i = 0; i < T; i++)
+        for (int64_t j = 0; j < S; j++)
+            cells[i * S + j] = (uint8_t)(((i / 16) + 2 * (j / 16)) % 3 == 0);
+    return cells;
+}
+
+void tc_striped_mask_segments(tc_problem *p)
+{
+    const int64_t T = p->T, S = p->S;
+    tc_add_mask(p, 1, p->Hq);
+    for (int64_t h = 0; h < p->Hq; h++)
+        for (int64_t i = 0; i < T; i++)
+            for (int64_t j = 0; j < S; j++)
+                p->mask[(h * T + i) * S + j] = (uint8_t)((j / 32 + h) % 3 != 0 && (i + j) % 7);
+    tc_add_segments(p);
+    for (int64_t x = 0; x < p->B * T; x++)
+        p->q_seg[x] = (int32_t)(x % T < T - 10 ? (x % T) / 50 : -1);
+    for (int64_t x = 0; x < p->B * S; x++)
+        p->kv_seg[x] = (int32_t)((x % S + 20) / 50);
+}
+
+void tc_nan_keys(tc_problem *p, int64_t j0, int64_t j1)
+{
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t j = j0; j < j1; j++) {
+            for (int64_t x = 0; x < p->Hkv * p->D; x++)
+                p->k[(b * p->S + j) * p->Hkv * p->D + x] = NAN;
+            for (int64_t x = 0; x < p->Hkv * p->Dv; x++)
+                p->v[(b * p->S + j) * p->Hkv * p->Dv + x] = NAN;
+        }
+}
+
 /* The draws happen in this order whatever the spec says; an option the spec
  * leaves out draws nothing, so adding one to a spec changes later cases. */
 tc_problem tc_random_problem(tl_rng *r, const tc_random_spec *spec, uint64_t dropout_seed)
@@ -83,13 +129,8 @@ tc_problem tc_random_problem(tl_rng *r, const tc_random_spec *spec, uint64_t dro
     }
     if (tl_int(r, 3) == 0)
         p.chunk = 1 + tl_int(r, spec->max_span);
-    if (tl_int(r, 3) == 0) {
-        tc_add_segments(&p); /* ids in {-1, 0, 1, 2}, no runs */
-        for (int64_t x = 0; x < B * T; x++)
-            p.q_seg[x] = (int32_t)tl_int(r, 4) - 1;
-        for (int64_t x = 0; x < B * S; x++)
-            p.kv_seg[x] = (int32_t)tl_int(r, 4) - 1;
-    }
+    if (tl_int(r, 3) == 0)
+        tc_random_segment_ids(r, &p, 4); /* ids in {-1, 0, 1, 2}, no runs */
     if (spec->mask && tl_int(r, 3) == 0) {
         int64_t mb = tl_int(r, 2) ? B : 1; /* one draw a statement: a fixed order */
         int64_t mh = tl_int(r, 2) ? p.Hq : 1;

@@ -22,6 +22,10 @@ void tc_exact_logits(tl_rng *r, tc_problem *p);
  * 1/9, numbered modulo nseg), then a padding tail of -1 up to L/4 long. */
 void tc_random_segments(tl_rng *r, int32_t *ids, int64_t B, int64_t L, int nseg);
 
+/* Segment ids put on p, each drawn on its own (no runs) uniform in
+ * [-1, n - 2]: q_seg [B, T] first, then kv_seg [B, S]. */
+void tc_random_segment_ids(tl_rng *r, tc_problem *p, int n);
+
 /* Option arrays put on p, all zero: q_seg [B, T] and kv_seg [B, S]; a mask
  * [mask_b, mask_h, T, S] (every key masked until the caller fills it). */
 void tc_add_segments(tc_problem *p);
@@ -33,6 +37,17 @@ void tc_add_mask(tc_problem *p, int64_t mask_b, int64_t mask_h);
 void tc_random_mask(tl_rng *r, tc_problem *p, int64_t mask_b, int64_t mask_h, int64_t one_in);
 void tc_random_bias(tl_rng *r, tc_problem *p, int64_t bias_b, int64_t bias_h, double amp);
 void tc_random_sinks(tl_rng *r, tc_problem *p, double amp);
+
+/* Fixed option patterns for the splash tests. A [T, S] bit pattern (malloc'd)
+ * of 16 x 16 cells, one in three kept: FULL and EMPTY blocks, PARTIAL ones
+ * where the cells do not line up with the blocks. */
+uint8_t *tc_block_sparse_bits(int64_t T, int64_t S);
+/* A per-head mask [1, Hq, T, S] dropping every third 32-key stripe (shifted
+ * per head) and a sparse diagonal pattern; segments of 50 positions, kv ids
+ * shifted by 20, the last 10 queries padding. */
+void tc_striped_mask_segments(tc_problem *p);
+/* NaN in every head of the key and value rows j0 <= j < j1. */
+void tc_nan_keys(tc_problem *p, int64_t j0, int64_t j1);
 
 /* What tc_random_problem draws: sizes, and which options beyond causal,
  * q_offset, window, chunk, segments, sinks, softcap and dropout. */

@@ -45,27 +45,12 @@ float *rg_random_dout(tl_rng *r, const tc_problem *p)
 
 /* ------------------------------------------------------------------ one row */
 
-/* SPEC §4 dropout: keep iff u(seed, b, h, qp, kp) >= p, u from splitmix64. */
-static uint64_t rg_mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
+/* SPEC §4 dropout: the kept weights are scaled by 1 / (1 - p). */
 static double keep_factor(const tc_problem *p, int64_t b, int64_t h, int64_t i, int64_t j)
 {
     if (p->dropout_p <= 0.0f)
         return 1.0;
-    uint64_t x = rg_mix(p->seed ^ (uint64_t)(p->drop_b0 + b));
-    x = rg_mix(x ^ (uint64_t)(p->drop_h0 + h));
-    x = rg_mix(x ^ (uint64_t)(p->q_offset + i));
-    x = rg_mix(x ^ (uint64_t)(p->kv_offset + j));
-    double u = (double)(x >> 40) / 16777216.0;
-    return u >= (double)p->dropout_p ? 1.0 / (1.0 - (double)p->dropout_p) : 0.0;
+    return tc_dropout_keep(p, b, h, i, j) ? 1.0 / (1.0 - (double)p->dropout_p) : 0.0;
 }
 
 /* The scale an fp32 implementation uses: the float nearest the request. */
@@ -408,6 +393,17 @@ void rg_grads_free(rg_grads *g)
     memset(g, 0, sizeof *g);
 }
 
+void rg_round_forward(const tc_problem *p, const rg_grads *g, float **o, float **lse)
+{
+    size_t no = (size_t)(p->B * p->T * p->Hq * p->Dv), nl = (size_t)(p->B * p->Hq * p->T);
+    *o = tl_alloc(sizeof(float) * (no + 1));
+    *lse = tl_alloc(sizeof(float) * (nl + 1));
+    for (size_t x = 0; x < no; x++)
+        (*o)[x] = (float)g->o[x];
+    for (size_t x = 0; x < nl; x++)
+        (*lse)[x] = (float)g->lse[x];
+}
+
 /* ------------------------------------------------------------------ checks */
 
 void rg_check(const char *what, const char *name, const float *got, const double *want,
@@ -420,64 +416,13 @@ void rg_check(const char *what, const char *name, const float *got, const double
                      tol[x]);
 }
 
-/* A strided view [B, L, H, Dm] over buf in a layout; 'p' pads each head by
- * 3 floats, each position by 5 and each batch entry by 7. */
-static mattn_tensor view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    if (layout == 'h')
-        return mattn_tensor_bhtd(buf, B, L, H, Dm);
-    if (layout == 'p') {
-        mattn_tensor t = {.data = buf, .batch = B, .seq = L, .heads = H, .dim = Dm};
-        t.stride_head = Dm + 3;
-        t.stride_seq = H * (Dm + 3) + 5;
-        t.stride_batch = L * t.stride_seq + 7;
-        return t;
-    }
-    return mattn_tensor_bthd(buf, B, L, H, Dm);
-}
-
-static size_t view_floats(char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
-{
-    if (layout == 'p')
-        return (size_t)(B * (L * (H * (Dm + 3) + 5) + 7));
-    return (size_t)(B * L * H * Dm);
-}
-
-static void scatter(const float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       sizeof(float) * (size_t)t->dim);
-}
-
-static void gather(float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       sizeof(float) * (size_t)t->dim);
-}
-
-static float *nan_floats(size_t n)
-{
-    float *x = tl_alloc(sizeof(float) * (n + 1));
-    for (size_t i = 0; i < n + 1; i++)
-        x[i] = NAN;
-    return x;
-}
-
 /* Three views [B, L, H0|H1|H2, D0|D1|D2] as column slices of one fused
  * [B, L, H0*D0 + H1*D1 + H2*D2] buffer (a fused QKV or dQKV). */
 static float *fused3(mattn_tensor *t0, mattn_tensor *t1, mattn_tensor *t2, int64_t B, int64_t L,
                      int64_t H0, int64_t D0, int64_t H1, int64_t D1, int64_t H2, int64_t D2)
 {
     int64_t row = H0 * D0 + H1 * D1 + H2 * D2;
-    float *buf = nan_floats((size_t)(B * L * row));
+    float *buf = tl_nan_floats((size_t)(B * L * row));
     *t0 = (mattn_tensor){buf, B, L, H0, D0, L * row, row, D0};
     *t1 = (mattn_tensor){buf + H0 * D0, B, L, H1, D1, L * row, row, D1};
     *t2 = (mattn_tensor){buf + H0 * D0 + H1 * D1, B, L, H2, D2, L * row, row, D2};
@@ -498,33 +443,29 @@ int rg_run_and_check(const char *op, const tc_problem *p, const float *dout, cha
         bufs[0] = fused3(&q, &k, &v, B, T, Hq, D, Hkv, D, Hkv, Dv);
         bufs[1] = fused3(&dq, &dk, &dv, B, T, Hq, D, Hkv, D, Hkv, Dv);
     } else {
-        bufs[0] = nan_floats(view_floats(layout, B, T, Hq, D));
-        bufs[1] = nan_floats(view_floats(layout, B, S, Hkv, D));
-        bufs[2] = nan_floats(view_floats(layout, B, S, Hkv, Dv));
-        bufs[3] = nan_floats(view_floats(layout, B, T, Hq, D));
-        bufs[4] = nan_floats(view_floats(layout, B, S, Hkv, D));
-        bufs[5] = nan_floats(view_floats(layout, B, S, Hkv, Dv));
-        q = view(bufs[0], layout, B, T, Hq, D), k = view(bufs[1], layout, B, S, Hkv, D);
-        v = view(bufs[2], layout, B, S, Hkv, Dv), dq = view(bufs[3], layout, B, T, Hq, D);
-        dk = view(bufs[4], layout, B, S, Hkv, D), dv = view(bufs[5], layout, B, S, Hkv, Dv);
+        bufs[0] = tl_nan_floats(tl_view_floats(layout, B, T, Hq, D));
+        bufs[1] = tl_nan_floats(tl_view_floats(layout, B, S, Hkv, D));
+        bufs[2] = tl_nan_floats(tl_view_floats(layout, B, S, Hkv, Dv));
+        bufs[3] = tl_nan_floats(tl_view_floats(layout, B, T, Hq, D));
+        bufs[4] = tl_nan_floats(tl_view_floats(layout, B, S, Hkv, D));
+        bufs[5] = tl_nan_floats(tl_view_floats(layout, B, S, Hkv, Dv));
+        q = tl_view(bufs[0], layout, B, T, Hq, D), k = tl_view(bufs[1], layout, B, S, Hkv, D);
+        v = tl_view(bufs[2], layout, B, S, Hkv, Dv), dq = tl_view(bufs[3], layout, B, T, Hq, D);
+        dk = tl_view(bufs[4], layout, B, S, Hkv, D), dv = tl_view(bufs[5], layout, B, S, Hkv, Dv);
     }
-    scatter(p->q, &q), scatter(p->k, &k), scatter(p->v, &v);
+    tl_scatter(p->q, &q), tl_scatter(p->k, &k), tl_scatter(p->v, &v);
 
     /* o and lse: the reference's, rounded to fp32 (the error model's input). */
-    size_t no = (size_t)(B * T * Hq * Dv), nl = (size_t)(B * Hq * T);
-    float *obthd = tl_alloc(sizeof(float) * (no + 1)), *lse = tl_alloc(sizeof(float) * (nl + 1));
-    for (size_t x = 0; x < no; x++)
-        obthd[x] = (float)ref.o[x];
-    for (size_t x = 0; x < nl; x++)
-        lse[x] = (float)ref.lse[x];
-    float *obuf = nan_floats(view_floats(lo, B, T, Hq, Dv));
-    float *dobuf = nan_floats(view_floats(lo, B, T, Hq, Dv));
-    mattn_tensor o = view(obuf, lo, B, T, Hq, Dv), dot = view(dobuf, lo, B, T, Hq, Dv);
-    scatter(obthd, &o), scatter(dout, &dot);
+    float *obthd, *lse;
+    rg_round_forward(p, &ref, &obthd, &lse);
+    float *obuf = tl_nan_floats(tl_view_floats(lo, B, T, Hq, Dv));
+    float *dobuf = tl_nan_floats(tl_view_floats(lo, B, T, Hq, Dv));
+    mattn_tensor o = tl_view(obuf, lo, B, T, Hq, Dv), dot = tl_view(dobuf, lo, B, T, Hq, Dv);
+    tl_scatter(obthd, &o), tl_scatter(dout, &dot);
 
     size_t nb = (size_t)(p->bias_b * p->bias_h * T * S);
-    float *dsinks = p->sinks ? nan_floats((size_t)Hq) : NULL;
-    float *dbias = p->bias ? nan_floats(nb) : NULL;
+    float *dsinks = p->sinks ? tl_nan_floats((size_t)Hq) : NULL;
+    float *dbias = p->bias ? tl_nan_floats(nb) : NULL;
 
     mattn_options opts = tc_options(p);
     opts.threads = threads;
@@ -545,7 +486,7 @@ int rg_run_and_check(const char *op, const tc_problem *p, const float *dout, cha
                nv = (size_t)(B * S * Hkv * Dv);
         float *gq = tl_alloc(sizeof(float) * (nq + 1)), *gk = tl_alloc(sizeof(float) * (nk + 1)),
               *gv = tl_alloc(sizeof(float) * (nv + 1));
-        gather(gq, &dq), gather(gk, &dk), gather(gv, &dv);
+        tl_gather(gq, &dq), tl_gather(gk, &dk), tl_gather(gv, &dv);
         char what[128];
         snprintf(what, sizeof what, "%s backward layout=%c threads=%d blocks=(%d,%d)", op,
                  layout, threads, block_q, block_kv);

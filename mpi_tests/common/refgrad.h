@@ -45,6 +45,10 @@ typedef struct rg_input_err {
 rg_grads rg_backward(const tc_problem *p, const rg_inputs *x, const rg_input_err *err);
 void rg_grads_free(rg_grads *g);
 
+/* The reference o [B, T, Hq, Dv] and lse [B, Hq, T] rounded to fp32 (each
+ * malloc'd with one float spare): what an fp32 backward is given. */
+void rg_round_forward(const tc_problem *p, const rg_grads *g, float **o, float **lse);
+
 /* Compares n fp32 values with the reference within per-element tolerances;
  * fails the test naming the first bad index. */
 void rg_check(const char *what, const char *name, const float *got, const double *want,

@@ -1,9 +1,11 @@
 #include "testlib.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ runner */
 
@@ -52,6 +54,27 @@ int tl_run_spread(const char *group, const struct CMUnitTest *tests, size_t n)
 int tl_run_all(const char *group, const struct CMUnitTest *tests, size_t n)
 {
     return run_subset(group, tests, n, 0);
+}
+
+static const char *watchdog_msg;
+static size_t watchdog_len;
+
+/* Async-signal-safe: write(2) and _exit only. */
+static void watchdog_fire(int sig)
+{
+    (void)sig;
+    if (write(2, watchdog_msg, watchdog_len) < 0)
+        _exit(3);
+    _exit(3);
+}
+
+void tl_watchdog(const char *message, unsigned default_seconds)
+{
+    watchdog_msg = message;
+    watchdog_len = strlen(message);
+    signal(SIGALRM, watchdog_fire);
+    const char *limit = getenv("TEST_ALARM");
+    alarm(limit ? (unsigned)atoi(limit) : default_seconds);
 }
 
 /* ------------------------------------------------------------------ data */
@@ -202,7 +225,7 @@ static uint64_t ref_mix(uint64_t x)
     return x;
 }
 
-static int ref_keep(const tc_problem *p, int64_t b, int64_t h, int64_t i, int64_t j)
+int tc_dropout_keep(const tc_problem *p, int64_t b, int64_t h, int64_t i, int64_t j)
 {
     uint64_t x = ref_mix(p->seed ^ (uint64_t)(p->drop_b0 + b));
     x = ref_mix(x ^ (uint64_t)(p->drop_h0 + h));
@@ -302,7 +325,7 @@ void tc_reference(const tc_problem *p, double *o, double *lse, double *weights,
                     if (wrow)
                         wrow[j] = w;
                     if (p->dropout_p > 0.0f)
-                        w = ref_keep(p, b, h, i, j) ? w * dscale : 0.0;
+                        w = tc_dropout_keep(p, b, h, i, j) ? w * dscale : 0.0;
                     if (orow) {
                         const float *vj = p->v + ((b * S + j) * p->Hkv + hk) * p->Dv;
                         for (int64_t d = 0; d < p->Dv; d++)
@@ -373,31 +396,16 @@ void tc_check_lse(const char *what, const tc_problem *p, const float *lse,
     }
 }
 
-/* Copies a BTHD tensor into the element positions a strided view names. */
-static void scatter_view(const float *bthd, const mattn_tensor *t)
+void tl_expect_error(int rc, int code, const char *what)
 {
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       sizeof(float) * (size_t)t->dim);
+    if (rc != code)
+        fail_msg("%s: returned %d (%s), expected %d", what, rc, mattn_err_name(rc), code);
+    assert_true(strlen(mattn_last_error()) > 0);
 }
 
-static void gather_view(float *bthd, const mattn_tensor *t)
-{
-    for (int64_t b = 0; b < t->batch; b++)
-        for (int64_t s = 0; s < t->seq; s++)
-            for (int64_t h = 0; h < t->heads; h++)
-                memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
-                       t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
-                       sizeof(float) * (size_t)t->dim);
-}
+/* ------------------------------------------------------------------ views */
 
-/* A strided view over `buf` for [B, L, H, Dm] in the given layout.
- * 'p': BTHD rows padded by 3 floats per head and 5 per position. */
-static mattn_tensor make_view(float *buf, char layout, int64_t B, int64_t L, int64_t H,
-                              int64_t Dm)
+mattn_tensor tl_view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
 {
     if (layout == 'h')
         return mattn_tensor_bhtd(buf, B, L, H, Dm);
@@ -411,11 +419,39 @@ static mattn_tensor make_view(float *buf, char layout, int64_t B, int64_t L, int
     return mattn_tensor_bthd(buf, B, L, H, Dm);
 }
 
-static size_t view_floats(char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
+size_t tl_view_floats(char layout, int64_t B, int64_t L, int64_t H, int64_t Dm)
 {
     if (layout == 'p')
         return (size_t)(B * (L * (H * (Dm + 3) + 5) + 7));
     return (size_t)(B * L * H * Dm);
+}
+
+float *tl_nan_floats(size_t n)
+{
+    float *x = tl_alloc(sizeof(float) * (n + 1));
+    for (size_t i = 0; i < n + 1; i++)
+        x[i] = NAN;
+    return x;
+}
+
+void tl_scatter(const float *bthd, const mattn_tensor *t)
+{
+    for (int64_t b = 0; b < t->batch; b++)
+        for (int64_t s = 0; s < t->seq; s++)
+            for (int64_t h = 0; h < t->heads; h++)
+                memcpy(t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
+                       bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
+                       sizeof(float) * (size_t)t->dim);
+}
+
+void tl_gather(float *bthd, const mattn_tensor *t)
+{
+    for (int64_t b = 0; b < t->batch; b++)
+        for (int64_t s = 0; s < t->seq; s++)
+            for (int64_t h = 0; h < t->heads; h++)
+                memcpy(bthd + ((b * t->seq + s) * t->heads + h) * t->dim,
+                       t->data + b * t->stride_batch + s * t->stride_seq + h * t->stride_head,
+                       sizeof(float) * (size_t)t->dim);
 }
 
 int tc_run_and_check(const char *op, const tc_problem *p, char layout, int threads)
@@ -432,24 +468,24 @@ int tc_run_and_check(const char *op, const tc_problem *p, char layout, int threa
         k = (mattn_tensor){fused + p->Hq * p->D, B, S, p->Hkv, p->D, T * row, row, p->D};
         v = (mattn_tensor){fused + (p->Hq + p->Hkv) * p->D, B, S, p->Hkv, p->Dv, T * row,
                            row, p->Dv};
-        ob = tl_alloc(sizeof(float) * view_floats('t', B, T, p->Hq, p->Dv));
-        o = make_view(ob, 't', B, T, p->Hq, p->Dv);
+        ob = tl_alloc(sizeof(float) * tl_view_floats('t', B, T, p->Hq, p->Dv));
+        o = tl_view(ob, 't', B, T, p->Hq, p->Dv);
     } else {
-        qb = tl_alloc(sizeof(float) * view_floats(layout, B, T, p->Hq, p->D));
-        kb = tl_alloc(sizeof(float) * view_floats(layout, B, S, p->Hkv, p->D));
-        vb = tl_alloc(sizeof(float) * view_floats(layout, B, S, p->Hkv, p->Dv));
-        ob = tl_alloc(sizeof(float) * view_floats(layout, B, T, p->Hq, p->Dv));
-        q = make_view(qb, layout, B, T, p->Hq, p->D);
-        k = make_view(kb, layout, B, S, p->Hkv, p->D);
-        v = make_view(vb, layout, B, S, p->Hkv, p->Dv);
-        o = make_view(ob, layout, B, T, p->Hq, p->Dv);
+        qb = tl_alloc(sizeof(float) * tl_view_floats(layout, B, T, p->Hq, p->D));
+        kb = tl_alloc(sizeof(float) * tl_view_floats(layout, B, S, p->Hkv, p->D));
+        vb = tl_alloc(sizeof(float) * tl_view_floats(layout, B, S, p->Hkv, p->Dv));
+        ob = tl_alloc(sizeof(float) * tl_view_floats(layout, B, T, p->Hq, p->Dv));
+        q = tl_view(qb, layout, B, T, p->Hq, p->D);
+        k = tl_view(kb, layout, B, S, p->Hkv, p->D);
+        v = tl_view(vb, layout, B, S, p->Hkv, p->Dv);
+        o = tl_view(ob, layout, B, T, p->Hq, p->Dv);
     }
-    scatter_view(p->q, &q);
-    scatter_view(p->k, &k);
-    scatter_view(p->v, &v);
+    tl_scatter(p->q, &q);
+    tl_scatter(p->k, &k);
+    tl_scatter(p->v, &v);
     /* NaN everywhere in the outputs: any element left unwritten fails. */
-    size_t on = layout == 'f' ? view_floats('t', B, T, p->Hq, p->Dv)
-                              : view_floats(layout, B, T, p->Hq, p->Dv);
+    size_t on = layout == 'f' ? tl_view_floats('t', B, T, p->Hq, p->Dv)
+                              : tl_view_floats(layout, B, T, p->Hq, p->Dv);
     for (size_t x = 0; x < on; x++)
         ob[x] = NAN;
     float *lse = tl_alloc(sizeof(float) * (size_t)(B * p->Hq * T + 1));
@@ -469,7 +505,7 @@ int tc_run_and_check(const char *op, const tc_problem *p, char layout, int threa
 
     if (rc == MATTN_OK) {
         float *o_bthd = tl_alloc(sizeof(float) * (size_t)(B * T * p->Hq * p->Dv));
-        gather_view(o_bthd, &o);
+        tl_gather(o_bthd, &o);
         size_t nrow = (size_t)(B * T * p->Hq), nl = (size_t)(B * p->Hq * T);
         double *ro = tl_alloc(sizeof(double) * nrow * (size_t)p->Dv);
         double *rl = tl_alloc(sizeof(double) * (nl + 1));

@@ -29,6 +29,12 @@ int tl_run_spread(const char *group, const struct CMUnitTest *tests, size_t n);
 /* Runs every test on every rank (collective tests); returns summed failures. */
 int tl_run_all(const char *group, const struct CMUnitTest *tests, size_t n);
 
+/* From now on, a run longer than $TEST_ALARM seconds (else default_seconds)
+ * writes `message` to stderr and exits with status 3: a collective call
+ * that hangs (or ranks left waiting in a collective by one rank's failed
+ * assertion) fails the program instead of blocking the suite. */
+void tl_watchdog(const char *message, unsigned default_seconds);
+
 int tl_rank(void);
 int tl_size(void);
 
@@ -45,6 +51,20 @@ int64_t tl_int(tl_rng *r, int64_t n);   /* [0, n) */
 void tl_fill(tl_rng *r, float *x, int64_t n, double amplitude);
 
 void *tl_alloc(size_t bytes); /* calloc that fails the test on NULL */
+
+/* ------------------------------------------------------------------ views */
+
+/* A strided view [B, L, H, Dm] over buf in a layout: 't' BTHD, 'h' BHTD,
+ * 'p' BTHD with every head padded by 3 floats, every position by 5 and
+ * every batch entry by 7 (strides no packed layout has). */
+mattn_tensor tl_view(float *buf, char layout, int64_t B, int64_t L, int64_t H, int64_t Dm);
+/* How many floats the buffer of such a view spans. */
+size_t tl_view_floats(char layout, int64_t B, int64_t L, int64_t H, int64_t Dm);
+/* n + 1 floats, every one NaN: an output element never written fails. */
+float *tl_nan_floats(size_t n);
+/* Copies a BTHD array into the elements a view names (scatter), and back. */
+void tl_scatter(const float *bthd, const mattn_tensor *t);
+void tl_gather(float *bthd, const mattn_tensor *t);
 
 /* ------------------------------------------------------------------ problem */
 
@@ -83,6 +103,10 @@ mattn_options tc_options(const tc_problem *p);
 /* Allowed(b, h, i, j) straight from SPEC §3. */
 int tc_allowed(const tc_problem *p, int64_t b, int64_t h, int64_t i, int64_t j);
 
+/* SPEC §4 dropout: 1 when the weight of (b, h, i, j) is kept, i.e. the
+ * hash u(seed, drop_b0 + b, drop_h0 + h, q position, kv position) >= p. */
+int tc_dropout_keep(const tc_problem *p, int64_t b, int64_t h, int64_t i, int64_t j);
+
 /* float64 reference of SPEC §4. o [B, T, Hq, Dv], lse [B, Hq, T],
  * weights [B, Hq, T, S] (before dropout); any may be NULL. tol_o [B, T, Hq],
  * tol_lse [B, Hq, T] and tol_w [B, Hq, T] (relative, for weights) receive
@@ -105,6 +129,9 @@ void tc_check_lse(const char *what, const tc_problem *p, const float *lse,
  * given layout ('t' = BTHD, 'h' = BHTD, 'f' = slices of one fused QKV
  * buffer), compares o and lse with the reference, and returns the status. */
 int tc_run_and_check(const char *op, const tc_problem *p, char layout, int threads);
+
+/* Fails the test unless a call returned `code` and left an error message. */
+void tl_expect_error(int rc, int code, const char *what);
 
 /* Double-precision closeness with an absolute tolerance. */
 #define tl_assert_close(actual, expected, tol, ...)                                 \
