@@ -178,10 +178,11 @@ MATTN_API int mattn_mesh_forward(const mattn_mesh *mesh, const mattn_dist_shape 
  * by one allreduce each:
  *   dsinks [Hq]  (may be NULL; non-NULL requires sinks);
  *   dbias  contiguous [bias.batch, bias.heads, T, S], the broadcast shape of
- *          opts->bias (may be NULL; non-NULL requires a bias). Only when
- *          sp = 1: under the ring a rank never holds whole bias rows'
- *          gradients and summing T x S floats over the ring would cost more
- *          than the attention, so op ring gives MATTN_ERR_UNSUPPORTED.
+ *          opts->bias (may be NULL; non-NULL requires a bias). Under the
+ *          ring each rank computes the rows of its query shard as the key
+ *          blocks pass, and the allreduce moves the whole T x S array (as
+ *          large as the bias every rank already holds): for long sequences
+ *          it can cost more than the attention's own traffic.
  * Whether dsinks / dbias are NULL must be the same on every rank.
  *  - vanilla, flash, sdpa, splash: the single-rank backward on this rank's
  *    batch entries and kv-head groups (sp must be 1), no communication in

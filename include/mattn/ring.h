@@ -82,8 +82,8 @@ MATTN_API int mattn_ring_forward_ex(const mattn_mesh *mesh, const mattn_dist_sha
  * (required), dout like o, dq like q, dk like k, dv like v (any
  * non-overlapping strides; overwritten). dsinks (may be NULL; non-NULL
  * requires sinks, and then on every rank) is GLOBAL [Hq]: every rank
- * returns the whole gradient, summed over the mesh. The bias gets no
- * gradient here (mattn_mesh_backward says why).
+ * returns the whole gradient, summed over the mesh. The bias gradient is
+ * mattn_mesh_backward's (op MATTN_OP_RING, the same code path).
  *
  * Each rank keeps q, o, dout and lse and computes D_i = rowsum(dout*o) once;
  * K/V travel as in the forward, and dK/dV travel WITH them in the same

@@ -37,7 +37,7 @@ static const mattn__opt OPTS[] = {
     MATTN__A_FILE("dv", dv_out, "write dv, float32, shaped like v (default: not written)"),
     MATTN__A_FILE("dsinks", dsinks, "write dsinks [Hq], float32; needs --sinks"),
     MATTN__A_FILE("dbias", dbias, "write dbias, float32, the --bias file's broadcast shape "
-                                  "[B|1,Hq|1,T,S]; needs --bias; not with --op ring"),
+                                  "[B|1,Hq|1,T,S]; needs --bias"),
     MATTN__ATTN_MASK_OPTS,
     MATTN__ATTN_LOGIT_OPTS,
     MATTN__ATTN_EXEC_OPTS,

@@ -8,7 +8,8 @@
  * a part of: dsinks over (batch, row) of each head, dbias over the batch /
  * heads it broadcasts along. Each rank computes its contribution, places it
  * in the global array and one allreduce sums them, so every rank returns
- * the whole gradient. The ring (sp > 1) is ring/ring_bwd.c. */
+ * the whole gradient. The ring (sp > 1) is ring/ring_bwd.c; it writes its
+ * dbias rows straight into the global array and shares the allreduce. */
 #include "mesh/partition_bwd.h"
 
 #include <math.h>
@@ -73,6 +74,20 @@ int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
 
 /* ---------------------------------------------------------------- partitioning */
 
+int mattn__dist_sum_dbias(const mattn_mesh *m, const mattn_dist_shape *shape,
+                          const mattn_options *opts, float *dbias)
+{
+    int64_t n = opts->bias.batch * opts->bias.heads * shape->q_len * shape->kv_len;
+    /* In chunks: counts are ints. */
+    for (int64_t x = 0; x < n; x += (int64_t)1 << 28) {
+        int c = (int)(n - x < ((int64_t)1 << 28) ? n - x : ((int64_t)1 << 28));
+        if (MPI_Allreduce(MPI_IN_PLACE, dbias + x, c, MPI_FLOAT, MPI_SUM, m->comm) !=
+            MPI_SUCCESS)
+            return mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce of dbias failed");
+    }
+    return MATTN_OK;
+}
+
 /* dbias: this rank's [lb, lh, T, S] placed in the zeroed global
  * [bias.batch, bias.heads, T, S], then summed over the mesh (sp = 1, so
  * every rank has whole T x S planes). */
@@ -93,14 +108,7 @@ static int sum_dbias(const mattn_mesh *m, const mattn_dist_shape *shape, const m
                        sizeof(float) * (size_t)plane);
             }
     }
-    /* In chunks: counts are ints. */
-    for (int64_t x = 0; x < n; x += (int64_t)1 << 28) {
-        int c = (int)(n - x < ((int64_t)1 << 28) ? n - x : ((int64_t)1 << 28));
-        if (MPI_Allreduce(MPI_IN_PLACE, dbias + x, c, MPI_FLOAT, MPI_SUM, m->comm) !=
-            MPI_SUCCESS)
-            return mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce of dbias failed");
-    }
-    return MATTN_OK;
+    return mattn__dist_sum_dbias(m, shape, opts, dbias);
 }
 
 int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, mattn_op op,
@@ -112,14 +120,9 @@ int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, matt
 {
     if (m == NULL) /* nothing to agree over */
         return mattn__fail(MATTN_ERR_ARG, "mesh is NULL");
-    if (op == MATTN_OP_RING) {
-        int rc = dbias ? mattn__fail(MATTN_ERR_UNSUPPORTED,
-                                     "ring backward gives no dbias: a bias gradient under "
-                                     "sequence sharding is not supported")
-                       : MATTN_OK;
-        return mattn__ring_backward(m, shape, q, k, v, o, lse, dout, dq, dk, dv, dsinks,
-                                    dbias != NULL, opts, ring, NULL, rc);
-    }
+    if (op == MATTN_OP_RING)
+        return mattn__ring_backward(m, shape, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias,
+                                    opts, ring, NULL);
     mattn__dist d;
     float *ds_local = NULL, *db_local = NULL;
     int rc = mattn__dist_prepare(m, shape, q, k, v, o, (float *)lse, opts, &d);

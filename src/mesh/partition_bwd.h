@@ -31,4 +31,10 @@ int mattn__dist_grad_check(const mattn__dist *d, const mattn_tensor *q, const ma
 int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
                            const mattn_shard *sh, const float *local, float *dsinks);
 
+/* Collective over the mesh: the global dbias [bias.batch, bias.heads, T, S]
+ * in place, each rank holding its contributions and zeros elsewhere, summed
+ * over every rank. */
+int mattn__dist_sum_dbias(const mattn_mesh *m, const mattn_dist_shape *shape,
+                          const mattn_options *opts, float *dbias);
+
 #endif

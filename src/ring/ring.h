@@ -187,16 +187,13 @@ void mattn__wire_report(const mattn__wire *w, mattn_ring_stats *stats);
 
 /* ---------------------------------------------------------------- ring_bwd.c */
 
-/* mattn_ring_backward_ex, starting from a caller's local status (the mesh
- * front door's own checks) and telling the agreement whether the caller
- * wants dbias (mesh/partition_bwd.h): a failed local status is agreed on
- * like any other. */
+/* mattn_ring_backward_ex plus dbias (mattn_mesh_backward's global
+ * [bias.batch, bias.heads, T, S], or NULL). */
 int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
                          const mattn_tensor *q, const mattn_tensor *k, const mattn_tensor *v,
                          const mattn_tensor *o, const float *lse, const mattn_tensor *dout,
                          const mattn_tensor *dq, const mattn_tensor *dk, const mattn_tensor *dv,
-                         float *dsinks, int want_dbias, const mattn_options *opts,
-                         const mattn_ring_options *ring, mattn_ring_stats *stats,
-                         int local_status);
+                         float *dsinks, float *dbias, const mattn_options *opts,
+                         const mattn_ring_options *ring, mattn_ring_stats *stats);
 
 #endif

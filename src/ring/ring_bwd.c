@@ -7,7 +7,10 @@
  * (ring/wire.c), dK/dV in fp32, and every rank the block visits adds its
  * queries' contributions into the message itself (the flash backward kernel
  * in accumulate mode, dk/dv pointing into the buffer). After the last visit
- * one more hop carries dK/dV (only that section) home, complete.
+ * one more hop carries dK/dV (only that section) home, complete. dbias
+ * (mattn_mesh_backward's, global) never travels: each step adds its rows and
+ * the visiting block's keys into the caller's zeroed array, and one
+ * allreduce after the hops sums the ranks' rows.
  *
  * Schedule. Unlike the forward, where an owner sends its shard straight to
  * every rank that needs it, here a block must pass through the ranks that
@@ -72,9 +75,11 @@ typedef struct bwd_run {
 /* Allocations and D_i happen here, before the agreement, so running out of
  * memory is agreed on like any bad argument. */
 static int setup(bwd_run *x, const mattn_mesh *m, const mattn_dist_shape *shape,
-                 const mattn__problem *local, const mattn_tensor *dout, const mattn_tensor *dq,
-                 int want_dsinks, const mattn_ring_options *ro)
+                 const mattn__dist *d, const mattn_tensor *dout, const mattn_tensor *dq,
+                 int want_dsinks, float *dbias, const mattn_options *opts,
+                 const mattn_ring_options *ro)
 {
+    const mattn__problem *local = &d->local;
     x->shape = shape;
     x->local = local;
     x->P = m->sp;
@@ -103,6 +108,18 @@ static int setup(bwd_run *x, const mattn_mesh *m, const mattn_dist_shape *shape,
         .dq_sb = dq->stride_batch, .dq_st = dq->stride_seq, .dq_sh = dq->stride_head,
         .accumulate = 1,
     };
+    if (dbias) {
+        /* The caller's global [bias.batch, bias.heads, T, S] at this shard's
+         * batch and heads; a broadcast dim has stride 0 (the kernels sum
+         * over it). Each step adds its rows and keys (compute). */
+        const mattn_bias *bi = &opts->bias;
+        int64_t plane = shape->q_len * shape->kv_len;
+        x->g.dbias_sb = bi->batch == 1 ? 0 : bi->heads * plane;
+        x->g.dbias_sh = bi->heads == 1 ? 0 : plane;
+        x->g.dbias_st = shape->kv_len;
+        x->g.dbias = dbias + d->shard.batch_start * x->g.dbias_sb +
+                     d->shard.q_head_start * x->g.dbias_sh;
+    }
     if (want_dsinks &&
         (x->ds_local = mattn__scratch_get(sizeof(float) * (size_t)local->Hq)) == NULL)
         return mattn__fail(MATTN_ERR_NOMEM, "ring backward: out of memory");
@@ -110,6 +127,7 @@ static int setup(bwd_run *x, const mattn_mesh *m, const mattn_dist_shape *shape,
      * the q rows only): the kernels' own preparation, run once. */
     mattn__grad g0 = x->g;
     g0.dsinks = x->ds_local;
+    g0.dbias = NULL;
     g0.accumulate = 0;
     if ((rc = mattn__bwd_prepare(local, &g0, local->threads, &x->prep)))
         return rc;
@@ -163,6 +181,8 @@ static int compute(bwd_run *x, int slot, int src)
             g.dk_sb = d.dk_sb, g.dk_ss = d.dk_ss, g.dk_sh = d.dk_sh;
             g.dv = d.dv + kr->local * d.dv_ss;
             g.dv_sb = d.dv_sb, g.dv_ss = d.dv_ss, g.dv_sh = d.dv_sh;
+            if (g.dbias) /* the same rows and keys as the bias (mattn__ring_narrow) */
+                g.dbias = x->g.dbias + qr->global * g.dbias_st + kr->global;
             int rc = mattn__flash_backward_kernel(&p, &g);
             if (rc)
                 return rc;
@@ -235,9 +255,8 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
                          const mattn_tensor *q, const mattn_tensor *k, const mattn_tensor *v,
                          const mattn_tensor *o, const float *lse, const mattn_tensor *dout,
                          const mattn_tensor *dq, const mattn_tensor *dk, const mattn_tensor *dv,
-                         float *dsinks, int want_dbias, const mattn_options *opts,
-                         const mattn_ring_options *ring, mattn_ring_stats *stats,
-                         int local_status)
+                         float *dsinks, float *dbias, const mattn_options *opts,
+                         const mattn_ring_options *ring, mattn_ring_stats *stats)
 {
     double t_start = MPI_Wtime();
     if (stats)
@@ -249,27 +268,32 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
     memset(&d, 0, sizeof d);
     bwd_run x;
     memset(&x, 0, sizeof x);
-    int rc = local_status;
+    int rc = mattn__dist_prepare(m, shape, q, k, v, o, (float *)lse, opts, &d);
     if (rc == MATTN_OK)
-        rc = mattn__dist_prepare(m, shape, q, k, v, o, (float *)lse, opts, &d);
-    if (rc == MATTN_OK)
-        rc = mattn__dist_grad_check(&d, q, k, v, o, lse, dout, dq, dk, dv, dsinks, NULL, opts);
+        rc = mattn__dist_grad_check(&d, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias, opts);
     if (rc == MATTN_OK && ro.comm != MATTN_RING_COMM_OVERLAP &&
         ro.comm != MATTN_RING_COMM_SENDRECV)
         rc = mattn__fail(MATTN_ERR_ARG, "unknown ring communication mode %d", (int)ro.comm);
     if (rc == MATTN_OK && d.active)
-        rc = setup(&x, m, shape, &d.local, dout, dq, dsinks != NULL, &ro);
+        rc = setup(&x, m, shape, &d, dout, dq, dsinks != NULL, dbias, opts, &ro);
     int tag = MATTN_OP_RING | MATTN__AGREE_BACKWARD | (dsinks ? MATTN__AGREE_DSINKS : 0) |
-              (want_dbias ? MATTN__AGREE_DBIAS : 0);
+              (dbias ? MATTN__AGREE_DBIAS : 0);
     rc = mattn__dist_agree(m, rc, shape, q, v, opts, (mattn_op)tag, &ro);
     if (rc == MATTN_OK) { /* every rank is here, or every rank failed alike */
+        /* dbias: every rank (active or not) zeroes the global array, adds
+         * its rows during the hops, and the sum below completes it. */
+        if (dbias)
+            memset(dbias, 0, sizeof(float) * (size_t)(opts->bias.batch * opts->bias.heads *
+                                                      shape->q_len * shape->kv_len));
         if (d.active)
             rc = run_hops(&x, dk, dv);
         rc = mattn__mesh_agree(m, rc);
-        /* Presence of dsinks is agreed: all ranks enter the sum or none. */
+        /* Presence of dsinks / dbias is agreed: all ranks enter a sum or none. */
         if (rc == MATTN_OK && dsinks)
             rc = mattn__mesh_agree(
                 m, mattn__dist_sum_dsinks(m, shape, &d.shard, x.ds_local, dsinks));
+        if (rc == MATTN_OK && dbias)
+            rc = mattn__mesh_agree(m, mattn__dist_sum_dbias(m, shape, opts, dbias));
     }
     if (stats) {
         stats->steps = x.steps;
@@ -289,8 +313,8 @@ int mattn_ring_backward_ex(const mattn_mesh *m, const mattn_dist_shape *shape,
                            const mattn_tensor *dv, float *dsinks, const mattn_options *opts,
                            const mattn_ring_options *ring, mattn_ring_stats *stats)
 {
-    return mattn__ring_backward(m, shape, q, k, v, o, lse, dout, dq, dk, dv, dsinks, 0, opts,
-                                ring, stats, MATTN_OK);
+    return mattn__ring_backward(m, shape, q, k, v, o, lse, dout, dq, dk, dv, dsinks, NULL, opts,
+                                ring, stats);
 }
 
 int mattn_ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
