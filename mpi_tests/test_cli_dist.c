@@ -236,6 +236,8 @@ static void grad_run(MPI_Comm comm, const tc_problem *p, const char *op, const f
     arg(&a, "--dv"), arg(&a, "%s", in_dir(&d, "dv.npy"));
     if (p->sinks)
         arg(&a, "--dsinks"), arg(&a, "%s", in_dir(&d, "ds.npy"));
+    if (p->bias)
+        arg(&a, "--dbias"), arg(&a, "%s", in_dir(&d, "db.npy"));
     if (comm != MPI_COMM_SELF)
         argl_share(&a);
     cli_result r = cli_argl(comm, &a);
@@ -262,6 +264,12 @@ static void grad_run(MPI_Comm comm, const tc_problem *p, const char *op, const f
             float *ds = read_output(in_dir(&d, "ds.npy"), 1, ss);
             rg_check(what, "dsinks", ds, g.dsinks, g.tol_dsinks, p->Hq);
             free(ds);
+        }
+        if (p->bias) {
+            int64_t bs[4] = {p->bias_b, p->bias_h, p->T, p->S};
+            float *db = read_output(in_dir(&d, "db.npy"), 4, bs);
+            rg_check(what, "dbias", db, g.dbias, g.tol_dbias, bs[0] * bs[1] * bs[2] * bs[3]);
+            free(db);
         }
         free(dq), free(dk), free(dv), free(dqb), free(dkb), free(dvb);
         dir_free(&d);
@@ -298,6 +306,7 @@ static void test_grad_dist(void **state)
     p.causal = 1, p.kv_offset = 2;
     p.sinks = tl_alloc(sizeof(float) * 4);
     tl_fill(&r, p.sinks, 4, 1.0);
+    add_bias(&p, &r, 1, 4); /* dbias summed over the batch, per head */
     file_style st = {0};
     grad_run(MPI_COMM_WORLD, &p, "flash", &st, 1, ARGS("--quiet", "--mesh", mesh_for("flash")));
     grad_run(MPI_COMM_WORLD, &p, "ring", &st, 1, ARGS("--quiet"));
