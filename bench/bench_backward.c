@@ -129,26 +129,14 @@ static timing time_flash(problem *p, int backward, int causal, int threads, int 
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    int64_t T = 4096, Hq = 16, Hkv = 16, D = 128;
-    int reps = 2, gemm_n = 2048, bq = 0, bkv = 0;
-    const char *threads_list = "1 2";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
-        if (!strcmp(a, "--seq")) T = atoll(v), i++;
-        else if (!strcmp(a, "--heads")) Hq = atoll(v), i++;
-        else if (!strcmp(a, "--kv-heads")) Hkv = atoll(v), i++;
-        else if (!strcmp(a, "--dim")) D = atoll(v), i++;
-        else if (!strcmp(a, "--threads")) threads_list = v, i++;
-        else if (!strcmp(a, "--reps")) reps = atoi(v), i++;
-        else if (!strcmp(a, "--gemm")) gemm_n = atoi(v), i++;
-        else if (!strcmp(a, "--block-q")) bq = atoi(v), i++;
-        else if (!strcmp(a, "--block-kv")) bkv = atoi(v), i++;
-        else if (!strcmp(a, "--quick")) T = 1024, gemm_n = 1024, reps = 1;
-        else {
-            fprintf(stderr, "unknown option %s\n", a);
-            return 2;
-        }
-    }
+    bench_flash_args a = {.T = 4096, .Hq = 16, .Hkv = 16, .D = 128, .reps = 2, .gemm_n = 2048,
+                          .threads = "1 2"};
+    const bench_flash_args quick = {.T = 1024, .gemm_n = 1024, .reps = 1};
+    if (bench_flash_parse(&a, &quick, argc, argv))
+        return 2;
+    int64_t T = a.T, Hq = a.Hq, Hkv = a.Hkv, D = a.D;
+    int reps = a.reps, gemm_n = a.gemm_n, bq = a.bq, bkv = a.bkv;
+    const char *threads_list = a.threads;
     bench_print_header("flash backward vs flash forward vs sgemm");
     printf("problem: B=1 T=S=%lld Hq=%lld Hkv=%lld D=Dv=%lld, sgemm %d^3 timed before each "
            "kernel, best of %d\n",
