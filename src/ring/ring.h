@@ -182,8 +182,11 @@ int mattn__wire_finish(mattn__wire *w);
 /* Frees the buffers; after an MPI failure left a transfer pending they are
  * leaked instead, since MPI may still write into them. */
 void mattn__wire_free(mattn__wire *w);
-/* Copies the transfer counters and wait time into stats. */
-void mattn__wire_report(const mattn__wire *w, mattn_ring_stats *stats);
+/* Fills stats (NULL: nothing) at the end of a ring call: the call's steps,
+ * kernel calls, compute time and wall time since t_start (MPI_Wtime), and
+ * the wire's transfer counters and wait time. */
+void mattn__wire_report(const mattn__wire *w, int64_t steps, int64_t kernel_calls,
+                        double seconds_compute, double t_start, mattn_ring_stats *stats);
 
 /* ---------------------------------------------------------------- ring_bwd.c */
 

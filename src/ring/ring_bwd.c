@@ -295,13 +295,7 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
         if (rc == MATTN_OK && dbias)
             rc = mattn__mesh_agree(m, mattn__dist_sum_dbias(m, shape, opts, dbias));
     }
-    if (stats) {
-        stats->steps = x.steps;
-        stats->kernel_calls = x.kernel_calls;
-        mattn__wire_report(&x.wire, stats);
-        stats->seconds_compute = x.seconds_compute;
-        stats->seconds_total = MPI_Wtime() - t_start;
-    }
+    mattn__wire_report(&x.wire, x.steps, x.kernel_calls, x.seconds_compute, t_start, stats);
     teardown(&x);
     return rc;
 }

@@ -216,13 +216,7 @@ int mattn_ring_forward_ex(const mattn_mesh *m, const mattn_dist_shape *shape,
             rc = run_steps(&x);
         rc = mattn__mesh_agree(m, rc);
     }
-    if (stats) {
-        stats->steps = x.steps;
-        stats->kernel_calls = x.acc.kernel_calls;
-        mattn__wire_report(&x.wire, stats);
-        stats->seconds_compute = x.seconds_compute;
-        stats->seconds_total = MPI_Wtime() - t_start;
-    }
+    mattn__wire_report(&x.wire, x.steps, x.acc.kernel_calls, x.seconds_compute, t_start, stats);
     teardown(&x);
     return rc;
 }

@@ -289,8 +289,15 @@ void mattn__wire_free(mattn__wire *w)
     memset(w, 0, sizeof *w);
 }
 
-void mattn__wire_report(const mattn__wire *w, mattn_ring_stats *stats)
+void mattn__wire_report(const mattn__wire *w, int64_t steps, int64_t kernel_calls,
+                        double seconds_compute, double t_start, mattn_ring_stats *stats)
 {
+    if (stats == NULL)
+        return;
+    stats->steps = steps;
+    stats->kernel_calls = kernel_calls;
+    stats->seconds_compute = seconds_compute;
+    stats->seconds_total = MPI_Wtime() - t_start;
     stats->messages_sent = w->messages_sent;
     stats->messages_received = w->messages_received;
     stats->bytes_sent = w->bytes_sent;
