@@ -93,8 +93,8 @@ static ALWAYS_INLINE void prefetch_rows(const float *pf, int64_t st, int64_t n, 
             _mm_prefetch((const char *)(pf + i * st + d), _MM_HINT_T0);
 }
 
-static inline void dots_head(const float *q, int64_t R, int64_t D, const float *k, int64_t ks,
-                             int64_t nk, float *s, int64_t ld)
+static ALWAYS_INLINE void dots_head(const float *q, int64_t R, int64_t D, const float *k,
+                                    int64_t ks, int64_t nk, float *s, int64_t ld)
 {
     for (int64_t i = 0; i < nk; i += 4) {
         int64_t n = nk - i < 4 ? nk - i : 4;
@@ -161,8 +161,8 @@ static ALWAYS_INLINE void accum_rows(const int FULL, const float *p, int64_t ld,
     }
 }
 
-static inline void accum_head(const float *p, int64_t ld, int64_t R, const float *v,
-                              int64_t vs, int64_t nk, int64_t Dv, float *acc)
+static ALWAYS_INLINE void accum_head(const float *p, int64_t ld, int64_t R, const float *v,
+                                     int64_t vs, int64_t nk, int64_t Dv, float *acc)
 {
     int64_t d = 0;
     for (; d + 64 <= Dv; d += 64)
@@ -171,87 +171,53 @@ static inline void accum_head(const float *p, int64_t ld, int64_t R, const float
         accum_rows(0, p, ld, R, v, vs, nk, Dv, d, acc);
 }
 
-/* The common case as its own code: a full group of 4 keys and a head size
- * known at compile time (64, 128, 256), so the d loops unroll, no tail is
- * masked and the general loops' per-call setup disappears. Decode overlaps
- * memory and compute only partly, so fewer instructions per byte is
- * bandwidth: +13-18% decode GB/s at D = 128 (docs/decode.md). */
-static ALWAYS_INLINE void dots_group4(const int D, const mattn__dec_heads *w, int64_t j,
-                                      const float *k, int64_t ks, int64_t kh, const float *pf)
+/* All heads of a group. Inlined twice: with D and nk the caller's, and with
+ * the common case's constants (a full group of 4 keys at D = 64, 128, 256),
+ * where the d loops unroll, no tail is masked and the general loops'
+ * per-call setup disappears. Decode overlaps memory and compute only partly,
+ * so fewer instructions per byte is bandwidth: +13-18% decode GB/s at
+ * D = 128 (docs/decode.md). */
+static ALWAYS_INLINE void dots_heads(const int64_t D, const int64_t nk, const mattn__dec_heads *w,
+                                     int64_t j, const float *k, int64_t ks, int64_t kh,
+                                     const float *pf)
 {
-    const int64_t R = w->R, ld = w->ld;
     for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * kh : NULL, ks, 4, D);
-        const float *q = w->q + h * R * D, *kx = k + h * kh;
-        float *s = w->s + h * R * ld + j;
-        int64_t r = 0;
-        for (; r + 4 <= R; r += 4)
-            dots_block(4, q + r * D, D, kx, ks, 4, s + r * ld, ld);
-        switch (R - r) {
-        case 3: dots_block(3, q + r * D, D, kx, ks, 4, s + r * ld, ld); break;
-        case 2: dots_block(2, q + r * D, D, kx, ks, 4, s + r * ld, ld); break;
-        case 1: dots_block(1, q + r * D, D, kx, ks, 4, s + r * ld, ld); break;
-        default: break;
-        }
+        prefetch_rows(pf ? pf + h * kh : NULL, ks, nk, D);
+        dots_head(w->q + h * w->R * D, w->R, D, k + h * kh, ks, nk,
+                  w->s + h * w->R * w->ld + j, w->ld);
+    }
+}
+
+static ALWAYS_INLINE void accum_heads(const int64_t Dv, const int64_t nk,
+                                      const mattn__dec_heads *w, int64_t j, const float *v,
+                                      int64_t vs, int64_t vh, const float *pf)
+{
+    for (int64_t h = 0; h < w->n; h++) {
+        prefetch_rows(pf ? pf + h * vh : NULL, vs, nk, Dv);
+        accum_head(w->s + h * w->R * w->ld + j, w->ld, w->R, v + h * vh, vs, nk, Dv,
+                   w->acc + h * w->R * Dv);
     }
 }
 
 static void dots_avx512(const mattn__dec_heads *w, int64_t j, const float *k, int64_t ks,
                         int64_t kh, int64_t nk, const float *pf)
 {
-    if (nk == 4) {
-        switch (w->D) {
-        case 64: dots_group4(64, w, j, k, ks, kh, pf); return;
-        case 128: dots_group4(128, w, j, k, ks, kh, pf); return;
-        case 256: dots_group4(256, w, j, k, ks, kh, pf); return;
-        default: break;
-        }
-    }
-    for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * kh : NULL, ks, nk, w->D);
-        dots_head(w->q + h * w->R * w->D, w->R, w->D, k + h * kh, ks, nk,
-                  w->s + h * w->R * w->ld + j, w->ld);
-    }
-}
-
-/* accum's counterpart of dots_group4. */
-static ALWAYS_INLINE void accum_group4(const int Dv, const mattn__dec_heads *w, int64_t j,
-                                       const float *v, int64_t vs, int64_t vh, const float *pf)
-{
-    const int64_t R = w->R, ld = w->ld;
-    for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * vh : NULL, vs, 4, Dv);
-        const float *p = w->s + h * R * ld + j, *vx = v + h * vh;
-        float *acc = w->acc + h * R * Dv;
-        for (int d = 0; d < Dv; d += 64) {
-            int64_t r = 0;
-            for (; r + 4 <= R; r += 4)
-                accum_block(4, 1, p + r * ld, ld, vx, vs, 4, Dv, d, acc + r * Dv);
-            switch (R - r) {
-            case 3: accum_block(3, 1, p + r * ld, ld, vx, vs, 4, Dv, d, acc + r * Dv); break;
-            case 2: accum_block(2, 1, p + r * ld, ld, vx, vs, 4, Dv, d, acc + r * Dv); break;
-            case 1: accum_block(1, 1, p + r * ld, ld, vx, vs, 4, Dv, d, acc + r * Dv); break;
-            default: break;
-            }
-        }
+    switch (nk == 4 ? w->D : 0) {
+    case 64: dots_heads(64, 4, w, j, k, ks, kh, pf); break;
+    case 128: dots_heads(128, 4, w, j, k, ks, kh, pf); break;
+    case 256: dots_heads(256, 4, w, j, k, ks, kh, pf); break;
+    default: dots_heads(w->D, nk, w, j, k, ks, kh, pf); break;
     }
 }
 
 static void accum_avx512(const mattn__dec_heads *w, int64_t j, const float *v, int64_t vs,
                          int64_t vh, int64_t nk, const float *pf)
 {
-    if (nk == 4) {
-        switch (w->Dv) {
-        case 64: accum_group4(64, w, j, v, vs, vh, pf); return;
-        case 128: accum_group4(128, w, j, v, vs, vh, pf); return;
-        case 256: accum_group4(256, w, j, v, vs, vh, pf); return;
-        default: break;
-        }
-    }
-    for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * vh : NULL, vs, nk, w->Dv);
-        accum_head(w->s + h * w->R * w->ld + j, w->ld, w->R, v + h * vh, vs, nk, w->Dv,
-                   w->acc + h * w->R * w->Dv);
+    switch (nk == 4 ? w->Dv : 0) {
+    case 64: accum_heads(64, 4, w, j, v, vs, vh, pf); break;
+    case 128: accum_heads(128, 4, w, j, v, vs, vh, pf); break;
+    case 256: accum_heads(256, 4, w, j, v, vs, vh, pf); break;
+    default: accum_heads(w->Dv, nk, w, j, v, vs, vh, pf); break;
     }
 }
 
