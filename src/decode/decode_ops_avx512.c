@@ -83,14 +83,16 @@ static ALWAYS_INLINE void dots_block(const int RB, const float *q, int64_t D,
  * time. The hardware prefetchers do not follow the kernel's interleaved
  * short runs through K and V far enough ahead; these requests keep enough
  * lines in flight without tying up the out-of-order window the way the FMAs
- * waiting on a demand miss do. */
+ * waiting on a demand miss do. The requests go out line by line across the
+ * rows (line 0 of every row, then line 1, ...) so the n streams advance
+ * together: row after row streamed ~5% slower on the 2-core VM. */
 static ALWAYS_INLINE void prefetch_rows(const float *pf, int64_t st, int64_t n, int64_t len)
 {
     if (pf == NULL)
         return;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t d = 0; d < len; d += 16)
-            _mm_prefetch((const char *)(pf + i * st + d), _MM_HINT_T0);
+    for (int64_t d = 0; d < len; d += 16, pf += 16)
+        for (int64_t i = 0; i < n; i++)
+            _mm_prefetch((const char *)(pf + i * st), _MM_HINT_T0);
 }
 
 static ALWAYS_INLINE void dots_head(const float *q, int64_t R, int64_t D, const float *k,
@@ -117,6 +119,11 @@ static ALWAYS_INLINE void accum_block(const int RB, const int FULL, const float 
                                       int64_t ld, const float *v, int64_t vs, int64_t nk,
                                       int64_t Dv, int64_t d, float *acc)
 {
+    /* Rebased once, every address below is a base register plus a
+     * constant. Written as acc + r * Dv + d + 16 * c, gcc 12 keeps a pointer
+     * per address and spills them: ~30 more instructions per 64 FMAs. */
+    v += d;
+    acc += d;
     __mmask16 m[4];
     __m512 a[4][4];
     for (int c = 0; c < 4; c++)
@@ -124,9 +131,9 @@ static ALWAYS_INLINE void accum_block(const int RB, const int FULL, const float 
 #define LOAD(ptr, c) (FULL ? _mm512_loadu_ps(ptr) : _mm512_maskz_loadu_ps(m[c], ptr))
     for (int r = 0; r < RB; r++)
         for (int c = 0; c < 4; c++)
-            a[r][c] = LOAD(acc + r * Dv + d + 16 * c, c);
+            a[r][c] = LOAD(acc + r * Dv + 16 * c, c);
     for (int64_t i = 0; i < nk; i++) {
-        const float *vi = v + i * vs + d;
+        const float *vi = v + i * vs;
         __m512 x[4];
         for (int c = 0; c < 4; c++)
             x[c] = LOAD(vi + 16 * c, c);
@@ -140,9 +147,9 @@ static ALWAYS_INLINE void accum_block(const int RB, const int FULL, const float 
     for (int r = 0; r < RB; r++)
         for (int c = 0; c < 4; c++) {
             if (FULL)
-                _mm512_storeu_ps(acc + r * Dv + d + 16 * c, a[r][c]);
+                _mm512_storeu_ps(acc + r * Dv + 16 * c, a[r][c]);
             else
-                _mm512_mask_storeu_ps(acc + r * Dv + d + 16 * c, m[c], a[r][c]);
+                _mm512_mask_storeu_ps(acc + r * Dv + 16 * c, m[c], a[r][c]);
         }
 }
 
