@@ -6,8 +6,10 @@
  * ("read/N") shows what the memory system itself gives each access order.
  *
  * Default problem: B=8, S=32768, Hkv=8, Hq=32, D=Dv=128: K and V are 1 GiB
- * each. The paged runs reuse the same memory as a pool of pages with a
- * shuffled page table (so pages are read out of order), no second copy.
+ * each. The paged runs reuse the same memory as a pool of pages, no second
+ * copy: "paged/N ord" with the page table in address order (what paging
+ * costs the kernel), "paged/N" with a shuffled page table (pages read out of
+ * order, what a long-running server's cache looks like).
  *
  * usage: bench_decode [--batch B] [--seq S] [--heads Hq] [--kv-heads Hkv]
  *                     [--dim D] [--threads "1 2"] [--reps N]
@@ -95,14 +97,15 @@ static timing time_ragged(const problem *p, int threads, int reps)
     return best;
 }
 
-/* Page ids 0..npages-1 in a fixed shuffled order: pages read out of order. */
-static int32_t *shuffled_pages(int64_t npages)
+/* Page ids 0..npages-1, in a fixed shuffled order (pages read out of order)
+ * or, with shuffle 0, in address order. */
+static int32_t *page_order(int64_t npages, int shuffle)
 {
     int32_t *table = malloc(sizeof(int32_t) * (size_t)npages);
     uint64_t s = 12345;
     for (int64_t i = 0; i < npages; i++)
         table[i] = (int32_t)i;
-    for (int64_t i = npages - 1; i > 0; i--) {
+    for (int64_t i = npages - 1; shuffle && i > 0; i--) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         int64_t j = (int64_t)(s % (uint64_t)(i + 1));
         int32_t t = table[i];
@@ -144,10 +147,10 @@ static double time_read(const problem *p, int64_t block, const int32_t *order, i
     return best;
 }
 
-static timing time_paged(const problem *p, int64_t ps, int threads, int reps)
+static timing time_paged(const problem *p, int64_t ps, int shuffle, int threads, int reps)
 {
     int64_t per_seq = p->S / ps, npages = p->B * per_seq;
-    int32_t *table = shuffled_pages(npages);
+    int32_t *table = page_order(npages, shuffle);
     int32_t *lens = malloc(sizeof(int32_t) * (size_t)p->B), *cu = malloc(sizeof(int32_t) * (size_t)(p->B + 1));
     for (int64_t b = 0; b <= p->B; b++)
         cu[b] = (int32_t)b;
@@ -244,15 +247,18 @@ int main(int argc, char **argv)
             int64_t ps = atoll(pt);
             if (ps < 1 || p.S % ps != 0)
                 continue;
-            timing tp = time_paged(&p, ps, th, reps);
-            double gp = (double)cost.kv_bytes / tp.wall / 1e9;
             char name[32];
-            snprintf(name, sizeof name, "paged/%lld", (long long)ps);
-            printf("%-8d %-12s %10.2f %10.1f %12.0f %10.2f %11.1f  (ratio: time / ragged)\n", th,
-                   name, tp.wall * 1e3, gp, (double)p.B / tp.wall, tp.wall / tr.wall,
-                   (double)cost.kv_bytes * th / tp.cpu / 1e9);
+            /* pages in address order first: the kernel's own cost of paging */
+            for (int shuffle = 0; shuffle <= 1; shuffle++) {
+                timing tp = time_paged(&p, ps, shuffle, th, reps);
+                double gp = (double)cost.kv_bytes / tp.wall / 1e9;
+                snprintf(name, sizeof name, "paged/%lld%s", (long long)ps, shuffle ? "" : " ord");
+                printf("%-8d %-12s %10.2f %10.1f %12.0f %10.2f %11.1f  (ratio: time / ragged)\n",
+                       th, name, tp.wall * 1e3, gp, (double)p.B / tp.wall, tp.wall / tr.wall,
+                       (double)cost.kv_bytes * th / tp.cpu / 1e9);
+            }
             /* the same pages read plainly, out of order: the memory system's share */
-            int32_t *order = shuffled_pages(p.B * p.S / ps);
+            int32_t *order = page_order(p.B * p.S / ps, 1);
             double rp = time_read(&p, ps * p.Hkv * p.D, order, th, reps);
             free(order);
             snprintf(name, sizeof name, "read/%lld", (long long)ps);
