@@ -193,6 +193,17 @@ static void test_ragged_files(void **state)
     ccase_free(&c);
 }
 
+/* A head size of 2^20 + 3 values (an 8 MiB v.npy): --check's reference
+ * keeps a row of Dv doubles, which must not live on the stack. */
+static void test_wide_values(void **state)
+{
+    (void)state;
+    const int32_t starts[1] = {0}, ends[1] = {2};
+    ccase c = ccase_make(3, 1, 2, 1, 1, 4, (1 << 20) + 3, starts, ends);
+    ccase_run(MPI_COMM_SELF, &c, 0, 0, 0, "--check --quiet");
+    ccase_free(&c);
+}
+
 static void test_ar_files(void **state)
 {
     (void)state;
@@ -431,6 +442,7 @@ static void test_synthetic(void **state)
         assert_true(report_value(r.out, "kv_bytes") == keys * 4 * 2 * (16 + 8));
         assert_true(report_value(r.out, "queries") == (x == 2 ? 12 : 3));
         assert_true(report_value(r.out, "gbps") > 0);
+        assert_true(report_value(r.out, "tokens_per_s") > 0);
         assert_true(report_value(r.out, "max_err_over_bound") <= 1.0);
         int64_t os[3] = {x == 2 ? 12 : 3, 4, 8};
         free(read_output(in_dir(&d, "o.npy"), 3, os));
@@ -520,6 +532,7 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     const struct CMUnitTest spread[] = {
         cmocka_unit_test(test_ragged_files), cmocka_unit_test(test_ar_files),
+        cmocka_unit_test(test_wide_values),
         cmocka_unit_test(test_paged_files),  cmocka_unit_test(test_help),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_synthetic),
     };

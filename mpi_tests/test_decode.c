@@ -323,6 +323,55 @@ static void test_cost(void **state)
     assert_int_equal(mattn_ragged_decode_cost(&q2, &k2, &k2, NULL, ends, &o, &cost), MATTN_OK);
     assert_int_equal(cost.flops, 4 * 2 * 4 * 10 * 8);
     assert_int_equal(mattn_ragged_decode_cost(&q2, &k2, &k2, NULL, ends, &o, NULL), MATTN_ERR_ARG);
+    /* Shapes only may describe any size: counts beyond int64 are an error,
+     * never a wrapped number. 2^20 heads x 2^31 keys x 2^20 dims. */
+    int32_t far[1] = {INT32_MAX};
+    mattn_tensor qh = mattn_tensor_bthd(NULL, 1, 1, 1 << 20, 1 << 19);
+    mattn_tensor kh = mattn_tensor_bthd(NULL, 1, INT32_MAX, 1, 1 << 19);
+    assert_int_equal(mattn_ragged_decode_cost(&qh, &kh, &kh, NULL, far, &o, &cost),
+                     MATTN_ERR_SHAPE);
+    assert_non_null(strstr(mattn_last_error(), "overflow"));
+    dcase_free(&c);
+}
+
+/* Each optional output alone (m, l, lse) equals the same row of a call that
+ * asks for all three: l alone needs lse and m inside. */
+static void test_optional_outputs(void **state)
+{
+    (void)state;
+    dcase c = dcase_make(650, 5, 8, 2, 16, 16, 40);
+    c.opts.sinks = NULL;
+    int64_t n = c.B * c.Hq;
+    mattn_tensor q = mattn_tensor_bthd(c.q, c.B, 1, c.Hq, c.D);
+    mattn_tensor k = mattn_tensor_bthd(c.k, c.B, c.S, c.Hkv, c.D);
+    mattn_tensor v = mattn_tensor_bthd(c.v, c.B, c.S, c.Hkv, c.Dv);
+    float *o = tl_alloc(sizeof(float) * (size_t)(n * c.Dv)), *x = tl_alloc(sizeof(float) * (size_t)n);
+    float *m = tl_alloc(sizeof(float) * (size_t)n), *l = tl_alloc(sizeof(float) * (size_t)n);
+    float *lse = tl_alloc(sizeof(float) * (size_t)n);
+    mattn_tensor to = mattn_tensor_bthd(o, c.B, 1, c.Hq, c.Dv);
+    assert_int_equal(mattn_ragged_decode(&q, &k, &v, c.starts, c.ends, &to, m, l, lse, &c.opts),
+                     MATTN_OK);
+    for (int which = 0; which < 3; which++) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = NAN;
+        int rc = mattn_ragged_decode(&q, &k, &v, c.starts, c.ends, &to, which == 0 ? x : NULL,
+                                     which == 1 ? x : NULL, which == 2 ? x : NULL, &c.opts);
+        assert_int_equal(rc, MATTN_OK);
+        assert_memory_equal(x, which == 0 ? m : which == 1 ? l : lse, sizeof(float) * (size_t)n);
+    }
+    /* and l is what its name says: sum exp(s - m), with 0 for an empty row */
+    dref_opts op = ref_opts(&c);
+    double *ro = tl_alloc(sizeof(double) * (size_t)c.Dv);
+    for (int64_t b = 0; b < c.B; b++)
+        for (int64_t h = 0; h < c.Hq; h++) {
+            dref_row r;
+            dref_row_compute(&op, c.q + (b * c.Hq + h) * c.D, c.k + b * c.S * c.Hkv * c.D,
+                             c.v + b * c.S * c.Hkv * c.Dv, 0, c.Hq, c.Hkv, c.D, c.Dv, h,
+                             c.ends[b] - 1, c.starts[b], c.ends[b], ro, &r);
+            dref_check_row("l only", b, 0, h, o + (b * c.Hq + h) * c.Dv, ro, c.Dv, NULL, NULL,
+                           l + b * c.Hq + h, &r);
+        }
+    free(ro), free(o), free(x), free(m), free(l), free(lse);
     dcase_free(&c);
 }
 
@@ -365,6 +414,10 @@ static void test_errors(void **state)
     EXPECT(MATTN_ERR_ARG, mattn_ar_decode(&q, &k, &v, c.starts, c.ends, &to, lse, &x));
     float bad_sinks[4] = {0, NAN, 0, 0};
     x = base, x.sinks = bad_sinks;
+    EXPECT(MATTN_ERR_ARG, mattn_ar_decode(&q, &k, &v, c.starts, c.ends, &to, lse, &x));
+    x = base, x.threads = -1;
+    EXPECT(MATTN_ERR_ARG, mattn_ar_decode(&q, &k, &v, c.starts, c.ends, &to, lse, &x));
+    x = base, x.threads = 2000000; /* the library's limit, not a stack overflow */
     EXPECT(MATTN_ERR_ARG, mattn_ar_decode(&q, &k, &v, c.starts, c.ends, &to, lse, &x));
     EXPECT(MATTN_ERR_ARG, mattn_ar_decode(&q, &k, &v, c.starts, c.ends, &to, lse, NULL));
     EXPECT(MATTN_ERR_ARG, mattn_ar_decode(NULL, &k, &v, c.starts, c.ends, &to, lse, &base));
@@ -485,6 +538,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_many_and_long),
         cmocka_unit_test(test_empty_rows),
         cmocka_unit_test(test_cost),
+        cmocka_unit_test(test_optional_outputs),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_inner_loops),
     };

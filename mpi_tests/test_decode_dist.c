@@ -262,12 +262,56 @@ static void test_errors_agree(void **state)
                      MATTN_ERR_UNSUPPORTED);
     assert_non_null(strstr(mattn_last_error(), "dropout"));
 
-    bad = opts; /* a cache range that does not tile the sequence */
-    if (last)
-        bad.kv_offset = s0 + 1;
-    assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &bad),
-                     MATTN_ERR_ARG);
-    assert_non_null(strstr(mattn_last_error(), "tile"));
+    if (size > 1) {
+        bad = opts; /* the last range moved up: past the others' end */
+        if (last)
+            bad.kv_offset = s0 + 1;
+        assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &bad),
+                         MATTN_ERR_ARG);
+        assert_non_null(strstr(mattn_last_error(), "tile"));
+        bad = opts; /* moved down: inside the bounds, overlapping its neighbour */
+        if (last)
+            bad.kv_offset = s0 - 1;
+        assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &bad),
+                         MATTN_ERR_ARG);
+        assert_non_null(strstr(mattn_last_error(), "tile"));
+    }
+
+    /* Options that change the numbers, different on the last rank only. */
+    float sinks[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    for (int which = 0; which < 4 && size > 1; which++) {
+        bad = opts;
+        if (last && which == 0)
+            bad.window_left = 3;
+        if (last && which == 1)
+            bad.sinks = sinks;
+        if (last && which == 2)
+            bad.scale = 0.5f;
+        if (last && which == 3)
+            bad.softcap = 2.0f;
+        int rc = mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &bad);
+        if (rc != MATTN_ERR_ARG || !strstr(mattn_last_error(), "options"))
+            fail_msg("option %d on one rank: %s (%s)", which, mattn_err_name(rc),
+                     mattn_last_error());
+    }
+    if (size > 1) { /* the merge algorithm chosen on one rank only */
+        if (last)
+            setenv("MATTN_DECODE_MERGE", "allgather", 1);
+        int rc = mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &opts);
+        unsetenv("MATTN_DECODE_MERGE");
+        if (rc != MATTN_ERR_ARG || !strstr(mattn_last_error(), "MATTN_DECODE_MERGE"))
+            fail_msg("merge on one rank: %s (%s)", mattn_err_name(rc), mattn_last_error());
+    }
+    /* NULL starts on some ranks and zeros on the others: the same problem. */
+    int32_t zeros[2] = {0, 0};
+    float o0[2 * 4 * 8], lse0[8];
+    mattn_tensor to0 = mattn_tensor_bthd(o0, g.B, 1, g.Hq, g.Dv);
+    assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, NULL, g.ends, &to0, lse0, &opts),
+                     MATTN_OK);
+    assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, rank % 2 ? zeros : NULL, g.ends,
+                                          &to, lse, &opts),
+                     MATTN_OK);
+    assert_memory_equal(o, o0, sizeof o);
 
     int32_t ends2[2] = {g.ends[0], g.ends[1]};
     if (last && size > 1) /* a different problem on one rank */
@@ -287,6 +331,101 @@ static void test_errors_agree(void **state)
     gp_free(&g);
 }
 
+/* The sp group's caches may start anywhere (an evicted prefix, a window):
+ * the same problem with every position moved by 7 gives the same bits; a
+ * sequence reaching below the caches is an error. */
+static void test_cache_base(void **state)
+{
+    (void)state;
+    int size = tl_size(), rank = tl_rank();
+    global_problem g = gp_make(5, 5, 4, 2, 8, 8, 30);
+    mattn_mesh *mesh = NULL;
+    assert_int_equal(mattn_mesh_create(MPI_COMM_WORLD, 1, 1, size, &mesh), MATTN_OK);
+    int64_t s0, ns;
+    mattn_split(g.S, size, rank, &s0, &ns);
+    mattn_tensor q = mattn_tensor_bthd(g.q, g.B, 1, g.Hq, g.D);
+    mattn_tensor k = {g.k + s0 * g.Hkv * g.D, g.B, ns, g.Hkv, g.D, g.S * g.Hkv * g.D, g.Hkv * g.D, g.D};
+    mattn_tensor v = {g.v + s0 * g.Hkv * g.Dv, g.B, ns, g.Hkv, g.Dv, g.S * g.Hkv * g.Dv, g.Hkv * g.Dv, g.Dv};
+    float o[5 * 4 * 8], o7[5 * 4 * 8], lse[20], lse7[20];
+    mattn_tensor to = mattn_tensor_bthd(o, g.B, 1, g.Hq, g.Dv), to7 = mattn_tensor_bthd(o7, g.B, 1, g.Hq, g.Dv);
+    mattn_options opts = mattn_options_default();
+    opts.sinks = g.sinks, opts.block_kv = 4;
+    opts.kv_offset = s0;
+    assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, g.starts, g.ends, &to, lse, &opts),
+                     MATTN_OK);
+    int32_t starts7[5], ends7[5];
+    for (int b = 0; b < 5; b++)
+        starts7[b] = g.starts[b] + 7, ends7[b] = g.ends[b] + 7;
+    opts.kv_offset = s0 + 7;
+    int rc = mattn_ar_decode_mesh(mesh, &q, &k, &v, starts7, ends7, &to7, lse7, &opts);
+    if (rc != MATTN_OK)
+        fail_msg("caches from position 7: %s (%s)", mattn_err_name(rc), mattn_last_error());
+    assert_memory_equal(o, o7, sizeof o);
+    assert_memory_equal(lse, lse7, sizeof lse);
+    starts7[0] = 6; /* sequence 0 is the full range: one key below the caches */
+    assert_int_equal(mattn_ar_decode_mesh(mesh, &q, &k, &v, starts7, ends7, &to7, lse7, &opts),
+                     MATTN_ERR_SHAPE);
+    assert_non_null(strstr(mattn_last_error(), "[7, 37)"));
+    mattn_mesh_free(mesh);
+    gp_free(&g);
+}
+
+/* Paged metadata wrong on one rank: the same error everywhere, no hang. */
+static void test_paged_errors_agree(void **state)
+{
+    (void)state;
+    int size = tl_size(), rank = tl_rank(), last = rank == size - 1;
+    const int64_t total[] = {20, 5}, qn[] = {1, 2};
+    mattn_mesh *mesh = NULL;
+    assert_int_equal(mattn_mesh_create(MPI_COMM_WORLD, 1, 1, size, &mesh), MATTN_OK);
+    pcase c = pcase_make(80, 2, total, qn, 4, 2, 8, 8);
+    int64_t lo[2], len[2];
+    for (int s = 0; s < 2; s++)
+        mattn_split(total[s], size, rank, &lo[s], &len[s]);
+    mattn_paged_kv kv;
+    pcase_pages(&c, 4, lo, len, 90 + rank, 0, &kv);
+    float o[3 * 4 * 8];
+    mattn_tensor q = mattn_tensor_bthd(c.q, 1, c.T, c.Hq, c.D);
+    mattn_tensor to = mattn_tensor_bthd(o, 1, c.T, c.Hq, c.Dv);
+    assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &kv, c.cu, &to, NULL, &c.opts), MATTN_OK);
+
+    if (size > 1) {
+        /* sequence 0's range on the last rank moved down one token: overlap */
+        int32_t *starts = (int32_t *)kv.kv_starts;
+        if (last)
+            starts[0] -= 1;
+        assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &kv, c.cu, &to, NULL, &c.opts),
+                         MATTN_ERR_ARG);
+        assert_non_null(strstr(mattn_last_error(), "tile"));
+        if (last)
+            starts[0] += 1;
+        /* kv_totals missing everywhere: named, not "a different problem" */
+        mattn_paged_kv nt = kv;
+        nt.kv_totals = NULL;
+        assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &nt, c.cu, &to, NULL, &c.opts),
+                         MATTN_ERR_ARG);
+        assert_non_null(strstr(mattn_last_error(), "kv_totals"));
+        /* different options on the last rank */
+        mattn_options bad = c.opts;
+        if (last)
+            bad.window_left = 2;
+        assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &kv, c.cu, &to, NULL, &bad),
+                         MATTN_ERR_ARG);
+        assert_non_null(strstr(mattn_last_error(), "options"));
+    }
+    /* a page id out of range on the last rank */
+    int32_t *table = (int32_t *)kv.page_table, saved = table[0];
+    if (last)
+        table[0] = (int32_t)kv.k_pages.batch;
+    assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &kv, c.cu, &to, NULL, &c.opts),
+                     len[0] > 0 || !last ? MATTN_ERR_ARG : MATTN_OK);
+    table[0] = saved;
+    assert_int_equal(mattn_paged_forward_mesh(mesh, &q, &kv, c.cu, &to, NULL, &c.opts), MATTN_OK);
+    pcase_pages_free(&kv);
+    pcase_free(&c);
+    mattn_mesh_free(mesh);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -295,6 +434,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_allgather_merge),
         cmocka_unit_test(test_paged_ranks),
         cmocka_unit_test(test_errors_agree),
+        cmocka_unit_test(test_cache_base),
+        cmocka_unit_test(test_paged_errors_agree),
     };
     int failed = tl_run_all("decode_dist", tests, sizeof tests / sizeof tests[0]);
     MPI_Finalize();

@@ -181,7 +181,11 @@ static void test_bad_metadata(void **state)
     EXPECT(MATTN_ERR_SHAPE);
     lens[1] = 0; /* q_len 1 > kv_len 0 */
     EXPECT(MATTN_ERR_SHAPE);
+    assert_non_null(strstr(mattn_last_error(), "q_len=1 is above kv_len=0"));
     lens[1] = 9;
+    c.cu[0] = -1; /* would start sequence 0's queries before q */
+    EXPECT(MATTN_ERR_SHAPE);
+    c.cu[0] = 0;
     c.cu[1] = 3, c.cu[2] = 2; /* decreasing */
     EXPECT(MATTN_ERR_SHAPE);
     c.cu[1] = 2, c.cu[2] = 4; /* does not end at total_q */

@@ -48,8 +48,10 @@ extern "C" {
 
 /* q [B, 1, Hq, D] (a [B, Hq, D] buffer is mattn_tensor_bthd(q, B, 1, Hq, D)),
  * k [B, S, Hkv, D], v [B, S, Hkv, Dv], o [B, 1, Hq, Dv]; starts [B] (NULL = 0)
- * and index [B] int32, 0 <= starts[b] <= index[b] <= kv_offset + S, and
- * starts[b] >= kv_offset. lse [B, Hq] may be NULL. */
+ * and index [B] int32, 0 <= starts[b] <= index[b]. The cache row j is
+ * position kv_offset + j: a nonempty range must lie in it (kv_offset <=
+ * starts[b], index[b] <= kv_offset + S); an empty one (starts[b] = index[b])
+ * may lie anywhere and gives o = 0. lse [B, Hq] may be NULL. */
 MATTN_API int mattn_ar_decode(const mattn_tensor *q, const mattn_tensor *k,
                               const mattn_tensor *v, const int32_t *starts,
                               const int32_t *index, const mattn_tensor *o, float *lse,
@@ -137,12 +139,18 @@ MATTN_API int mattn_paged_cache_write(const mattn_tensor *k_new, const mattn_ten
  * partials with global positions, and one MPI_Allreduce with a
  * non-commutative user operation over packed (lse, max, o) records merges
  * them, so every rank of the sp group returns the whole answer. Contiguous:
- * a rank holds cache rows [kv_offset, kv_offset + S) (opts->kv_offset; the
- * ranges of an sp group must tile [0, S_total) without overlap, e.g.
- * mattn_split(S_total, sp, sp_rank, ...)); a rank may hold nothing (S = 0).
- * Paged: see mattn_paged_kv. dp and tp shards are independent problems: q, o
- * and the lengths are this rank's batch / head shard. Collective over the
- * mesh; every rank returns the same status. The result is bit-identical from
+ * a rank holds cache rows [kv_offset, kv_offset + S) (opts->kv_offset); the
+ * ranges of an sp group must tile one range [P0, P0 + S_total) without gap or
+ * overlap (P0 the smallest kv_offset held, 0 for a whole cache; e.g. kv_offset
+ * = P0 + the start from mattn_split(S_total, sp, sp_rank, ...)) and every
+ * nonempty sequence range must lie in it; a rank may hold nothing (S = 0).
+ * Paged: see mattn_paged_kv; over more than one sp rank kv_totals is
+ * required. The lengths, the options that change the numbers (scale,
+ * softcap, window, chunk, sinks) and MATTN_DECODE_MERGE must be the same on
+ * every rank of an sp group: the call checks, and fails on every rank when
+ * they differ. dp and tp shards are independent problems: q, o and the
+ * lengths are this rank's batch / head shard. Collective over the mesh;
+ * every rank returns the same status. The result is bit-identical from
  * run to run at a given rank count (docs/decode.md says why) and equals the
  * single-rank result to fp32 rounding. */
 MATTN_API int mattn_ar_decode_mesh(const mattn_mesh *mesh, const mattn_tensor *q,

@@ -932,7 +932,7 @@ static int64_t kv_bytes(const dec_config *c, const dec_problem *p)
 
 /* ------------------------------------------------------------------ check, output */
 
-static void dec_check(const dec_config *c, const dec_problem *p, int P, mattn__dref_report *r)
+static int dec_check(const dec_config *c, const dec_problem *p, int P, mattn__dref_report *r)
 {
     const int paged = p->op == OP_PAGED;
     mattn__dref_problem d = {
@@ -947,7 +947,7 @@ static void dec_check(const dec_config *c, const dec_problem *p, int P, mattn__d
         .piece = c->block_kv > 0 ? c->block_kv : 2048, .ranks = P,
         .o = p->o, .lse = p->lse, .m = p->m, .l = p->l,
         .st = paged ? 1 : p->Hq, .sh = paged ? p->T : 1};
-    mattn__dref_check(&d, c->check_rows, r);
+    return mattn__dref_check(&d, c->check_rows, r);
 }
 
 typedef struct dec_outputs {
@@ -1065,10 +1065,13 @@ static int dec_run(const dec_config *c, MPI_Comm comm)
         if (c->check) {
             if (!c->quiet)
                 fprintf(mattn__cli_err(), "mattn decode: check: float64 reference\n");
-            dec_check(c, &p, P, &r);
+            rc = dec_check(c, &p, P, &r);
         }
-        dec_print(c, &p, P, best, median, c->check ? &r : NULL);
-        if (c->check && !(r.max_ratio <= 1.0)) {
+        if (rc == MATTN_OK)
+            dec_print(c, &p, P, best, median, c->check ? &r : NULL);
+        if (rc != MATTN_OK) {
+            code = mattn__cli_report("decode", rc);
+        } else if (c->check && !(r.max_ratio <= 1.0)) {
             fprintf(mattn__cli_err(), "mattn decode: check failed: an error is %.3g times its "
                     "fp32 bound (worst at query %" PRId64 ", head %" PRId64 "); no output "
                     "written\n", r.max_ratio, r.worst_t, r.worst_h);

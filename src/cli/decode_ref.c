@@ -15,7 +15,10 @@
 #include "cli/decode_ref.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "core/status.h"
 
 #define U (1.0 / 16777216.0)
 
@@ -136,13 +139,16 @@ static void row_compute(const mattn__dref_problem *p, int64_t s, int64_t t, int6
     r->tol_l = l * (r->tol_lse + 2.0 * r->tol_m + 8.0 * U);
 }
 
-void mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_report *r)
+int mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_report *r)
 {
     memset(r, 0, sizeof *r);
     const int64_t total = p->T * p->Hq;
     if (rows <= 0 || rows > total)
         rows = total;
-    double o[p->Dv > 0 ? p->Dv : 1];
+    double *o = malloc(sizeof(double) * (size_t)(p->Dv > 0 ? p->Dv : 1)); /* Dv is the file's */
+    if (o == NULL)
+        return mattn__fail(MATTN_ERR_NOMEM, "check: cannot allocate a row of %lld doubles",
+                           (long long)p->Dv);
     int64_t s = 0;
     for (int64_t x = 0; x < rows; x++) {
         int64_t row = x * total / rows, t = row / p->Hq, h = row % p->Hq;
@@ -178,4 +184,6 @@ void mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_r
         }
     }
     r->rows = rows;
+    free(o);
+    return MATTN_OK;
 }

@@ -44,7 +44,7 @@ typedef struct mattn__dref_report {
 } mattn__dref_report;
 
 /* Compares `rows` evenly spaced (t, h) rows of T * Hq (all when rows is 0 or
- * more than there are). */
-void mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_report *r);
+ * more than there are). MATTN_OK, or MATTN_ERR_NOMEM. */
+int mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_report *r);
 
 #endif

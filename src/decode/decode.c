@@ -77,13 +77,26 @@ int mattn_ragged_decode_cost(const mattn_tensor *q, const mattn_tensor *k,
             mattn__dec_row_range(&p, &p.seq[b], p.seq[b].qp_last, &lo, &hi);
             L += hi - lo;
         }
-        cost->keys = L;
-        cost->flops = 2 * p.Hq * L * (p.D + p.Dv);
-        cost->exps = p.Hq * L;
-        cost->tanhs = p.softcap > 0.0f ? p.Hq * L : 0;
-        cost->kv_bytes = (int64_t)sizeof(float) * p.Hkv * L * (p.D + p.Dv);
-        cost->bytes_read = cost->kv_bytes + (int64_t)sizeof(float) * p.nseq * p.Hq * p.D;
-        cost->bytes_written = (int64_t)sizeof(float) * p.nseq * p.Hq * p.Dv;
+        /* L <= B * S, which the shape checks keep in int64; the products
+         * below are checked: a shapes-only call may describe any size. */
+        int64_t hl, fl, ex, kv, qb, ob;
+        if (__builtin_mul_overflow(p.Hq, L, &hl) ||
+            __builtin_mul_overflow(hl, 2 * (p.D + p.Dv), &fl) ||
+            __builtin_mul_overflow(p.Hkv * (int64_t)sizeof(float), L, &kv) ||
+            __builtin_mul_overflow(kv, p.D + p.Dv, &kv) ||
+            __builtin_mul_overflow(p.nseq * p.Hq, (int64_t)sizeof(float) * p.D, &qb) ||
+            __builtin_add_overflow(kv, qb, &ex) ||
+            __builtin_mul_overflow(p.nseq * p.Hq, (int64_t)sizeof(float) * p.Dv, &ob)) {
+            rc = mattn__fail(MATTN_ERR_SHAPE, "ragged decode cost: the counts overflow int64");
+        } else {
+            cost->keys = L;
+            cost->flops = fl;
+            cost->exps = hl;
+            cost->tanhs = p.softcap > 0.0f ? hl : 0;
+            cost->kv_bytes = kv;
+            cost->bytes_read = ex;
+            cost->bytes_written = ob;
+        }
     }
     mattn__scratch_put((void *)p.seq);
     return rc;

@@ -79,8 +79,9 @@ int mattn__dec_options(mattn__dec *p, const mattn_options *o)
     if (o->kv_offset < 0 || o->kv_offset > POS_MAX)
         return mattn__fail(MATTN_ERR_ARG, "kv_offset=%lld must be in [0, 2^60]",
                            (long long)o->kv_offset);
-    if (o->threads < 0)
-        return mattn__fail(MATTN_ERR_ARG, "threads=%d is negative", o->threads);
+    if (o->threads < 0 || o->threads > MATTN__THREADS_MAX)
+        return mattn__fail(MATTN_ERR_ARG, "threads=%d must be in [0, %d] (0 = default)",
+                           o->threads, MATTN__THREADS_MAX);
     if (o->block_kv < 0 || o->block_kv > (1 << 30))
         return mattn__fail(MATTN_ERR_ARG, "block_kv=%d must be in [0, 2^30]", o->block_kv);
     if (o->sinks)

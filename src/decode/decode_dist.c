@@ -29,9 +29,9 @@
  * Sinks are merged once, after the reduction, on every rank alike.
  *
  * Protocol: validate locally; the sp group gathers a small signature (shapes,
- * a hash of the lengths, this rank's cache range) so a rank with a different
- * problem or a cache split that does not tile the sequence fails the same
- * way on every rank; the mesh agrees on the status; the kernel runs; the mesh
+ * hashes of the lengths and of the options, the merge algorithm, this rank's
+ * cache range) so a rank with a different problem or a cache split that does
+ * not tile the sequence fails the same way on every rank; the mesh agrees on the status; the kernel runs; the mesh
  * agrees again (a rank may run out of memory); only then the merge. */
 #include <math.h>
 #include <stdlib.h>
@@ -105,35 +105,88 @@ static int merge_allgather(MPI_Comm comm, float *rec, int64_t rows, int64_t W)
     return rc;
 }
 
-static int merge_records(MPI_Comm comm, float *rec, int64_t rows, int64_t W)
+enum { MERGE_ALLREDUCE, MERGE_ALLGATHER };
+
+/* The merge algorithm this rank's environment asks for. Read per call and
+ * part of the group signature: ranks that disagree would enter different
+ * collectives. */
+static int merge_choice(void)
 {
     const char *alg = getenv("MATTN_DECODE_MERGE");
+    return alg && strcmp(alg, "allgather") == 0 ? MERGE_ALLGATHER : MERGE_ALLREDUCE;
+}
+
+static int merge_records(MPI_Comm comm, int alg, float *rec, int64_t rows, int64_t W)
+{
     if (rows > INT32_MAX / W)
         return mattn__fail(MATTN_ERR_UNSUPPORTED,
                            "decode merge: %lld records exceed one MPI message", (long long)rows);
-    if (alg && strcmp(alg, "allgather") == 0)
+    if (alg == MERGE_ALLGATHER)
         return merge_allgather(comm, rec, rows, W);
     return merge_allreduce(comm, rec, rows, W);
 }
 
 /* ---------------------------------------------------------------- agreement */
 
-static uint64_t hash_i32(uint64_t h, const int32_t *x, int64_t n)
+#define HASH_SEED 0xcbf29ce484222325ULL
+
+static uint64_t hash_u64(uint64_t h, uint64_t x)
 {
-    for (int64_t i = 0; i < n; i++) { /* FNV-1a over the values */
-        h ^= (uint64_t)(uint32_t)(x ? x[i] : 0);
+    for (int i = 0; i < 8; i++, x >>= 8) { /* FNV-1a over the bytes */
+        h ^= x & 0xff;
         h *= 0x100000001b3ULL;
     }
+    return h;
+}
+
+/* n values, NULL hashing as n zeros (so NULL starts equal explicit zeros). */
+static uint64_t hash_i32(uint64_t h, const int32_t *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        h = hash_u64(h, (uint64_t)(int64_t)(x ? x[i] : 0));
+    return h;
+}
+
+static uint64_t hash_f32(uint64_t h, float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return hash_u64(h, bits);
+}
+
+/* Everything in the resolved problem besides shapes and lengths that changes
+ * the numbers: the effective scale, soft cap, window, chunk and sinks. */
+static uint64_t hash_options(const mattn__dec *p)
+{
+    uint64_t h = hash_f32(HASH_SEED, p->scale);
+    h = hash_f32(h, p->softcap);
+    h = hash_u64(h, (uint64_t)p->window_left);
+    h = hash_u64(h, (uint64_t)p->window_right);
+    h = hash_u64(h, (uint64_t)p->chunk);
+    h = hash_u64(h, p->sinks != NULL);
+    for (int64_t i = 0; p->sinks && i < p->Hq; i++)
+        h = hash_f32(h, p->sinks[i]);
     return h;
 }
 
 /* What every rank of an sp group must share, and this rank's cache range. */
 typedef struct group_sig {
     int64_t ok; /* local validation passed */
-    int64_t nseq, Hq, Dv, rows;
-    uint64_t hash;
+    int64_t nseq, Hq, Hkv, D, Dv, rows;
+    uint64_t lengths; /* hash of the lengths (starts/ends, cu_q_lens, kv_totals) */
+    uint64_t options; /* hash_options */
+    int64_t merge;    /* merge_choice */
     int64_t off, len; /* contiguous: cache positions [off, off + len) */
 } group_sig;
+
+static void sig_fill(group_sig *g, const mattn__dec *p, int64_t rows, uint64_t lengths)
+{
+    g->nseq = p->nseq, g->Hq = p->Hq, g->Hkv = p->Hkv, g->D = p->D, g->Dv = p->Dv;
+    g->rows = rows;
+    g->lengths = lengths;
+    g->options = hash_options(p);
+    g->merge = merge_choice();
+}
 
 /* Gathers the signatures of the sp group (every rank takes part, valid or
  * not) and checks that they describe one problem. Same verdict on every rank
@@ -147,33 +200,51 @@ static int check_group(const mattn_mesh *mesh, int local, group_sig *mine, group
     if (local != MATTN_OK)
         return local;
     for (int r = 0; r < mesh->sp; r++) {
-        if (!all[r].ok)
+        const group_sig *g = &all[r];
+        if (!g->ok)
             return MATTN_OK; /* that rank reports its own error in the agreement */
-        if (all[r].nseq != mine->nseq || all[r].Hq != mine->Hq || all[r].Dv != mine->Dv ||
-            all[r].rows != mine->rows || all[r].hash != mine->hash)
+        if (g->nseq != mine->nseq || g->Hq != mine->Hq || g->Hkv != mine->Hkv ||
+            g->D != mine->D || g->Dv != mine->Dv || g->rows != mine->rows)
+            return mattn__fail(MATTN_ERR_SHAPE,
+                               "decode: sp rank %d has different shapes (sequences %lld, "
+                               "query rows %lld, Hq %lld, Hkv %lld, D %lld, Dv %lld; here "
+                               "%lld, %lld, %lld, %lld, %lld, %lld)",
+                               r, (long long)g->nseq, (long long)(g->rows / g->Hq),
+                               (long long)g->Hq, (long long)g->Hkv, (long long)g->D,
+                               (long long)g->Dv, (long long)mine->nseq,
+                               (long long)(mine->rows / mine->Hq), (long long)mine->Hq,
+                               (long long)mine->Hkv, (long long)mine->D, (long long)mine->Dv);
+        if (g->lengths != mine->lengths)
             return mattn__fail(MATTN_ERR_ARG,
-                               "decode: sp rank %d has a different problem (sequences %lld vs "
-                               "%lld, q heads %lld vs %lld, Dv %lld vs %lld, or different "
-                               "lengths)",
-                               r, (long long)all[r].nseq, (long long)mine->nseq,
-                               (long long)all[r].Hq, (long long)mine->Hq,
-                               (long long)all[r].Dv, (long long)mine->Dv);
+                               "decode: sp rank %d has different sequence lengths (starts and "
+                               "ends, or cu_q_lens and kv_totals, must be the same on every "
+                               "sp rank)", r);
+        if (g->options != mine->options)
+            return mattn__fail(MATTN_ERR_ARG,
+                               "decode: sp rank %d has different options (scale, softcap, "
+                               "window, chunk or sinks must be the same on every sp rank)", r);
+        if (g->merge != mine->merge)
+            return mattn__fail(MATTN_ERR_ARG,
+                               "decode: sp rank %d merges by %s, this rank by %s "
+                               "(MATTN_DECODE_MERGE must be the same on every rank)",
+                               r, g->merge == MERGE_ALLGATHER ? "allgather" : "allreduce",
+                               mine->merge == MERGE_ALLGATHER ? "allgather" : "allreduce");
     }
     return MATTN_OK;
 }
 
 /* Checks that nonempty ranges [off_r, off_r + len_r) over the group are
- * disjoint and lie in [0, total) with lengths summing to total: then they
- * tile [0, total) exactly (no key missed, none counted twice). */
-static int check_tiling(int P, const int64_t *off, const int64_t *len, int64_t total,
-                        const char *what, int64_t seq)
+ * disjoint and lie in [base, base + total) with lengths summing to total:
+ * then they tile it exactly (no key missed, none counted twice). */
+static int check_tiling(int P, const int64_t *off, const int64_t *len, int64_t base,
+                        int64_t total, const char *what, int64_t seq)
 {
     int64_t sum = 0;
     for (int r = 0; r < P; r++) {
         if (len[r] == 0)
             continue;
         sum += len[r];
-        if (off[r] < 0 || off[r] + len[r] > total)
+        if (off[r] < base || off[r] - base > total - len[r])
             goto bad;
         for (int s = 0; s < r; s++)
             if (len[s] > 0 && off[s] < off[r] + len[r] && off[r] < off[s] + len[s])
@@ -183,16 +254,45 @@ static int check_tiling(int P, const int64_t *off, const int64_t *len, int64_t t
         return MATTN_OK;
 bad:
     return mattn__fail(MATTN_ERR_ARG,
-                       "decode: the sp ranks' %s of sequence %lld do not tile [0, %lld) "
+                       "decode: the sp ranks' %s of sequence %lld do not tile [%lld, %lld) "
                        "exactly (a key would be missed or counted twice)",
-                       what, (long long)seq, (long long)total);
+                       what, (long long)seq, (long long)base, (long long)(base + total));
+}
+
+/* The contiguous caches of an sp group: the ranks' rows must tile one range
+ * [base, base + total), base the smallest offset held, and every nonempty
+ * sequence range must lie inside it (as the single-rank call requires of its
+ * one cache). */
+static int check_caches(const mattn__dec *p, int P, const group_sig *all,
+                        const int32_t *starts, const int32_t *ends)
+{
+    int64_t offs[P], lens[P], base = INT64_MAX, total = 0;
+    for (int r = 0; r < P; r++) {
+        offs[r] = all[r].off, lens[r] = all[r].len, total += all[r].len;
+        if (all[r].len > 0 && all[r].off < base)
+            base = all[r].off;
+    }
+    if (total == 0)
+        base = 0;
+    int rc = check_tiling(P, offs, lens, base, total, "cache rows", 0);
+    for (int64_t b = 0; b < p->nseq && rc == MATTN_OK; b++) {
+        int64_t lo = starts ? starts[b] : 0, hi = ends[b];
+        if (hi > lo && (lo < base || hi > base + total))
+            rc = mattn__fail(MATTN_ERR_SHAPE,
+                             "decode: sequence %lld: keys [%lld, %lld) are not all in the sp "
+                             "ranks' caches, which hold positions [%lld, %lld)",
+                             (long long)b, (long long)lo, (long long)hi, (long long)base,
+                             (long long)(base + total));
+    }
+    return rc;
 }
 
 /* ---------------------------------------------------------------- the merge */
 
 /* Runs the kernel into records, agrees, merges over sp, folds the sinks and
  * unpacks o [t, h] / lse / max. Rows are (query t, head h), t * Hq + h. */
-static int run_and_merge(const mattn_mesh *mesh, mattn__dec *p, int64_t T, float **recp)
+static int run_and_merge(const mattn_mesh *mesh, mattn__dec *p, int64_t T, int alg,
+                         float **recp)
 {
     const int64_t Hq = p->Hq, Dv = p->Dv, W = Dv + 2, rows = T * Hq;
     float *o = p->o;
@@ -212,7 +312,7 @@ static int run_and_merge(const mattn_mesh *mesh, mattn__dec *p, int64_t T, float
     if ((rc = mattn__mesh_agree(mesh, rc)))
         return rc;
     if (mesh->sp > 1 && rows > 0)
-        rc = merge_records(mesh->sp_comm, rec, rows, W);
+        rc = merge_records(mesh->sp_comm, alg, rec, rows, W);
     if ((rc = mattn__mesh_agree(mesh, rc)))
         return rc;
     for (int64_t t = 0; t < T; t++)
@@ -240,9 +340,8 @@ static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
     group_sig mine = {0}, all[mesh->sp];
     int rc = mattn__dec_contiguous(&p, q, k, v, starts, ends, o, opts, 0);
     if (rc == MATTN_OK) {
-        mine.nseq = p.nseq, mine.Hq = p.Hq, mine.Dv = p.Dv, mine.rows = p.nseq * p.Hq;
-        mine.hash = hash_i32(hash_i32(0xcbf29ce484222325ULL, starts, starts ? p.nseq : 0),
-                             ends, p.nseq);
+        sig_fill(&mine, &p, p.nseq * p.Hq,
+                 hash_i32(hash_i32(HASH_SEED, starts, p.nseq), ends, p.nseq));
         mine.off = opts->kv_offset, mine.len = k->seq;
     }
     rc = check_group(mesh, rc, &mine, all);
@@ -250,24 +349,13 @@ static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
         int ok = 1;
         for (int r = 0; r < mesh->sp; r++)
             ok &= (int)all[r].ok;
-        if (ok) {
-            int64_t offs[mesh->sp], lens[mesh->sp], total = 0, need = 0;
-            for (int r = 0; r < mesh->sp; r++)
-                offs[r] = all[r].off, lens[r] = all[r].len, total += all[r].len;
-            rc = check_tiling(mesh->sp, offs, lens, total, "cache rows", 0);
-            for (int64_t b = 0; b < p.nseq && rc == MATTN_OK; b++)
-                need = ends[b] > need ? ends[b] : need;
-            if (rc == MATTN_OK && need > total)
-                rc = mattn__fail(MATTN_ERR_SHAPE,
-                                 "decode: a sequence ends at %lld but the sp ranks' caches "
-                                 "hold positions [0, %lld)",
-                                 (long long)need, (long long)total);
-        }
+        if (ok)
+            rc = check_caches(&p, mesh->sp, all, starts, ends);
     }
     if ((rc = mattn__mesh_agree(mesh, rc)))
         goto done;
 
-    rc = run_and_merge(mesh, &p, p.nseq, &rec);
+    rc = run_and_merge(mesh, &p, p.nseq, (int)mine.merge, &rec);
     if (rc)
         goto done;
     const int64_t W = p.Dv + 2, n = p.nseq * p.Hq;
@@ -312,14 +400,20 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
     float *rec = NULL;
     int32_t *ranges = NULL;
     group_sig mine = {0}, all[mesh->sp];
-    int rc = mattn__dec_paged(&p, q, cache, cu_q_lens, o, opts, 0);
+    int rc;
     int64_t ns = 0;
+    p.seq = NULL;
+    if (cache && mesh->sp > 1 && cache->num_seqs > 0 && cache->kv_totals == NULL)
+        rc = mattn__fail(MATTN_ERR_ARG,
+                         "paged decode over %d sp ranks: kv_totals is NULL (each sequence's "
+                         "whole length is needed)", mesh->sp);
+    else
+        rc = mattn__dec_paged(&p, q, cache, cu_q_lens, o, opts, 0);
     if (rc == MATTN_OK) {
         ns = p.nseq;
-        mine.nseq = ns, mine.Hq = p.Hq, mine.Dv = p.Dv, mine.rows = q->seq * p.Hq;
-        mine.hash = hash_i32(0xcbf29ce484222325ULL, cu_q_lens, ns + 1);
-        mine.hash = hash_i32(mine.hash, cache->kv_totals ? cache->kv_totals : cache->kv_lens,
-                             ns);
+        uint64_t h = hash_i32(HASH_SEED, cu_q_lens, ns + 1);
+        sig_fill(&mine, &p, q->seq * p.Hq,
+                 hash_i32(h, cache->kv_totals ? cache->kv_totals : cache->kv_lens, ns));
     }
     rc = check_group(mesh, rc, &mine, all);
     /* Same verdict on the whole group: every rank valid and alike, so all
@@ -347,7 +441,7 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
                 int64_t offs[mesh->sp], lens[mesh->sp];
                 for (int r = 0; r < mesh->sp; r++)
                     offs[r] = ranges[(r * ns + s) * 2], lens[r] = ranges[(r * ns + s) * 2 + 1];
-                rc = check_tiling(mesh->sp, offs, lens,
+                rc = check_tiling(mesh->sp, offs, lens, 0,
                                   cache->kv_totals ? cache->kv_totals[s] : cache->kv_lens[s],
                                   "token ranges", s);
             }
@@ -359,7 +453,7 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
     if ((rc = mattn__mesh_agree(mesh, rc)))
         goto done;
 
-    rc = run_and_merge(mesh, &p, q->seq, &rec);
+    rc = run_and_merge(mesh, &p, q->seq, (int)mine.merge, &rec);
     if (rc == MATTN_OK && lse) { /* lse [Hq, total_q] */
         const int64_t W = p.Dv + 2, T = q->seq;
         for (int64_t t = 0; t < T; t++)

@@ -64,6 +64,11 @@ int mattn__dec_paged(mattn__dec *p, const mattn_tensor *q, const mattn_paged_kv 
                                "sequence %lld: kv_len=%lld is outside [0, max_pages * "
                                "page_size = %lld]",
                                (long long)s, (long long)len, (long long)(mp * ps));
+        if (c->kv_totals == NULL && qn > len) /* the single-rank form */
+            return mattn__fail(MATTN_ERR_SHAPE,
+                               "sequence %lld: q_len=%lld is above kv_len=%lld (its queries "
+                               "are its last q_len positions)",
+                               (long long)s, (long long)qn, (long long)len);
         if (start < 0 || start + len > total || qn > total)
             return mattn__fail(MATTN_ERR_SHAPE,
                                "sequence %lld: kv_start=%lld + kv_len=%lld must be <= kv_total="
