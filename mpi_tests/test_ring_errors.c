@@ -3,7 +3,8 @@
  * with the same message, under a timeout, before any point-to-point
  * message; afterwards a good call on the same mesh still works (nothing was
  * left in flight). Covers the ring, the partitioned front door and the
- * scatter/gather helpers. Collective. */
+ * scatter/gather helpers, and the global arrays (mask, bias, sinks) every
+ * rank must pass alike, forward and backward. Collective. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,14 @@ typedef struct call {
     mattn_ring_options ro;
     mattn_op op;
     float *buf;
-    uint8_t *mask;
+    uint8_t *mask; /* [HQ, T, T] of ones */
+    float *bias;   /* [HQ, T, T] of zeros */
     float sinks[HQ];
     int32_t seg[T];
+    /* backward: call_run runs mattn_mesh_backward with these */
+    int backward;
+    float *grad, *dbias;
+    mattn_tensor dout, dq, dk, dv;
 } call;
 
 static void call_make(call *c, int dp, int sp)
@@ -50,8 +56,18 @@ static void call_make(call *c, int dp, int sp)
     c->opts.causal = 1;
     c->ro = mattn_ring_options_default();
     c->op = MATTN_OP_RING;
-    c->mask = tl_alloc((size_t)(T * T));
-    memset(c->mask, 1, (size_t)(T * T));
+    c->mask = tl_alloc((size_t)(HQ * T * T));
+    memset(c->mask, 1, (size_t)(HQ * T * T));
+    c->bias = tl_alloc(sizeof(float) * HQ * T * T);
+    memset(c->bias, 0, sizeof(float) * HQ * T * T);
+    c->dbias = tl_alloc(sizeof(float) * HQ * T * T);
+    c->grad = tl_alloc(sizeof(float) * (size_t)(Bl * (2 * Tl * HQ + 2 * Sl * HKV) * D + 1));
+    p = c->grad;
+    tl_fill(&r, p, Bl * Tl * HQ * D, 1.0);
+    c->dout = mattn_tensor_bthd(p, Bl, Tl, HQ, D), p += Bl * Tl * HQ * D;
+    c->dq = mattn_tensor_bthd(p, Bl, Tl, HQ, D), p += Bl * Tl * HQ * D;
+    c->dk = mattn_tensor_bthd(p, Bl, Sl, HKV, D), p += Bl * Sl * HKV * D;
+    c->dv = mattn_tensor_bthd(p, Bl, Sl, HKV, D);
     c->sinks[0] = 0.5f, c->sinks[1] = -1.0f;
     for (int i = 0; i < T; i++)
         c->seg[i] = i / 7;
@@ -62,10 +78,17 @@ static void call_free(call *c)
     mattn_mesh_free(c->m);
     free(c->buf);
     free(c->mask);
+    free(c->bias);
+    free(c->dbias);
+    free(c->grad);
 }
 
 static int call_run(call *c)
 {
+    if (c->backward)
+        return mattn_mesh_backward(c->m, &c->shape, c->op, &c->q, &c->k, &c->v, &c->o, c->lse,
+                                   &c->dout, &c->dq, &c->dk, &c->dv, NULL,
+                                   c->opts.bias.data ? c->dbias : NULL, &c->opts, &c->ro);
     if (c->op == MATTN_OP_RING)
         return mattn_ring_forward_ex(c->m, &c->shape, &c->q, &c->k, &c->v, &c->o, c->lse,
                                      &c->opts, &c->ro, NULL);
@@ -109,10 +132,10 @@ static void assert_same_everywhere(int rc, int want, const char *want_text, cons
 
 typedef void (*perturb_fn)(call *c);
 
-/* The perturbation on one rank only (the last, then rank 0), then a good
- * call on the same mesh. */
-static void expect(perturb_fn f, int dp, int sp, int want, const char *want_text,
-                   const char *what)
+/* base on every rank, then the perturbation on one rank only (the last,
+ * then rank 0), then a good call on the same mesh. */
+static void expect_on(perturb_fn base, perturb_fn f, int dp, int sp, int want,
+                      const char *want_text, const char *what)
 {
     int size = tl_size();
     /* A value that differs between ranks needs two ranks. */
@@ -122,6 +145,8 @@ static void expect(perturb_fn f, int dp, int sp, int want, const char *want_text
     for (int i = 0; i < (size > 1 ? 2 : 1); i++) {
         call c;
         call_make(&c, dp, sp);
+        if (base)
+            base(&c);
         if (tl_rank() == culprits[i])
             f(&c);
         char label[96];
@@ -132,6 +157,12 @@ static void expect(perturb_fn f, int dp, int sp, int want, const char *want_text
         assert_int_equal(call_run(&c), MATTN_OK);
         call_free(&c);
     }
+}
+
+static void expect(perturb_fn f, int dp, int sp, int want, const char *want_text,
+                   const char *what)
+{
+    expect_on(NULL, f, dp, sp, want, want_text, what);
 }
 
 static void null_q(call *c) { c->op = MATTN_OP_RING; c->q.data = NULL; }
@@ -169,6 +200,69 @@ static void test_ring_bad_input_on_one_rank(void **state)
     expect(other_batch, 1, size, MATTN_ERR_SHAPE, "shard", "different global batch");
     expect(other_offset, 1, size, MATTN_ERR_ARG, "q_offset", "different q_offset");
     expect(bad_heads, 1, size, MATTN_ERR_SHAPE, "multiple", "q_heads not a multiple");
+}
+
+/* Global arrays (mask, bias, sinks) and their broadcast dims: the ring's
+ * plan of who talks to whom comes from the mask, and the dbias reduction's
+ * size from the bias dims, so one rank's different array used to leave the
+ * others waiting. */
+static void mask_11(call *c) { c->opts.mask = mattn_mask_dense(c->mask, 1, 1, T, T); }
+static void mask_1h(call *c) { c->opts.mask = mattn_mask_dense(c->mask, 1, HQ, T, T); }
+static void mask_none_allowed(call *c) { memset(c->mask, 0, (size_t)(HQ * T * T)); }
+static void mask_one_byte(call *c) { c->mask[T * T - 1] = 0; }
+static void bias_11(call *c) { c->opts.bias = mattn_bias_dense(c->bias, 1, 1, T, T); }
+static void bias_1h(call *c) { c->opts.bias = mattn_bias_dense(c->bias, 1, HQ, T, T); }
+static void bias_value(call *c) { c->bias[3] = 0.5f; }
+static void with_sinks(call *c) { c->opts.sinks = c->sinks; }
+static void sink_value(call *c) { c->sinks[1] = -1.5f; }
+static void bwd_bias_11(call *c) { bias_11(c); c->backward = 1; }
+static void bwd_mask_11(call *c) { mask_11(c); c->backward = 1; }
+static void bwd_vanilla_bias_11(call *c) { bwd_bias_11(c); c->op = MATTN_OP_VANILLA; }
+static void seed_top(call *c) { c->opts.dropout_p = 0.25f; c->opts.dropout_seed = 1ULL << 63; }
+static void seed_top_plus(call *c) { c->opts.dropout_seed = (1ULL << 63) + 1; }
+static void scale_eighth(call *c) { c->opts.scale = 0.125f; }
+static void scale_half(call *c) { c->opts.scale = 0.5f; }
+
+static void test_global_arrays_on_one_rank(void **state)
+{
+    (void)state;
+    int size = tl_size();
+    const char *contents = "mask, bias or sinks contents";
+    expect_on(mask_11, mask_none_allowed, 1, size, MATTN_ERR_ARG, contents,
+              "different mask contents (no key allowed)");
+    expect_on(mask_11, mask_one_byte, 1, size, MATTN_ERR_ARG, contents,
+              "different mask contents (one byte)");
+    expect_on(mask_11, mask_1h, 1, size, MATTN_ERR_ARG, "mask.heads", "different mask.heads");
+    expect_on(bias_11, bias_value, 1, size, MATTN_ERR_ARG, contents, "different bias value");
+    expect_on(bias_11, bias_1h, 1, size, MATTN_ERR_ARG, "bias.heads", "different bias.heads");
+    expect_on(with_sinks, sink_value, 1, size, MATTN_ERR_ARG, contents, "different sink");
+    /* backward: ring, and the partitioned dbias reduction (dp = size) */
+    expect_on(bwd_bias_11, bias_1h, 1, size, MATTN_ERR_ARG, "bias.heads",
+              "different bias.heads (ring backward)");
+    expect_on(bwd_mask_11, mask_none_allowed, 1, size, MATTN_ERR_ARG, contents,
+              "different mask contents (ring backward)");
+    expect_on(bwd_vanilla_bias_11, bias_1h, size, 1, MATTN_ERR_ARG, "bias.heads",
+              "different bias.heads (vanilla backward, dbias)");
+}
+
+/* The seed is a uint64: values at and above 2^63 agree and differ like any
+ * other, and floats are printed as floats. */
+static void test_agreement_values(void **state)
+{
+    (void)state;
+    int size = tl_size();
+    call c;
+    call_make(&c, 1, size);
+    seed_top(&c);
+    assert_int_equal(call_run(&c), MATTN_OK);
+    c.opts.dropout_seed = ~0ULL;
+    assert_int_equal(call_run(&c), MATTN_OK);
+    call_free(&c);
+    expect_on(seed_top, seed_top_plus, 1, size, MATTN_ERR_ARG,
+              "dropout_seed (from 9223372036854775808 to 9223372036854775809)",
+              "different dropout seeds above 2^63");
+    expect_on(scale_eighth, scale_half, 1, size, MATTN_ERR_ARG, "scale (from 0.125 to 0.5)",
+              "different scale");
 }
 
 static void vanilla_op(call *c) { c->op = MATTN_OP_VANILLA; }
@@ -268,6 +362,8 @@ int main(int argc, char **argv)
     tl_watchdog("test_ring_errors: TIMEOUT (a bad argument made ranks hang)\n", 120);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ring_bad_input_on_one_rank),
+        cmocka_unit_test(test_global_arrays_on_one_rank),
+        cmocka_unit_test(test_agreement_values),
         cmocka_unit_test(test_partition_bad_input),
         cmocka_unit_test(test_partition_bad_input_on_one_rank),
         cmocka_unit_test(test_scatter_bad_input),

@@ -7,8 +7,10 @@
  * Distributed calls follow one rule for their arguments: tensors that are
  * sharded (q, k, v, o, lse, segment ids) are passed as this rank's shard;
  * the small broadcastable ones (sinks [Hq], mask and bias [B|1, Hq|1, T, S])
- * are passed whole, in their global shape, on every rank. Positions, offsets
- * and dropout indices in mattn_options are those of the global problem. */
+ * are passed whole, in their global shape, on every rank, with the same
+ * contents (compared by hash: a difference is MATTN_ERR_ARG on every rank).
+ * Positions, offsets and dropout indices in mattn_options are those of the
+ * global problem. */
 /* The core header first, outside the guard: it includes every area header
  * in dependency order, so any of them may be included first. */
 #include "mattn.h"

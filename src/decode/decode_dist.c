@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "core/merge.h"
 #include "core/scratch.h"
 #include "core/status.h"
@@ -128,22 +129,11 @@ static int merge_records(MPI_Comm comm, int alg, float *rec, int64_t rows, int64
 
 /* ---------------------------------------------------------------- agreement */
 
-#define HASH_SEED 0xcbf29ce484222325ULL
-
-static uint64_t hash_u64(uint64_t h, uint64_t x)
-{
-    for (int i = 0; i < 8; i++, x >>= 8) { /* FNV-1a over the bytes */
-        h ^= x & 0xff;
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 /* n values, NULL hashing as n zeros (so NULL starts equal explicit zeros). */
 static uint64_t hash_i32(uint64_t h, const int32_t *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        h = hash_u64(h, (uint64_t)(int64_t)(x ? x[i] : 0));
+        h = mattn__hash_u64(h, (uint64_t)(int64_t)(x ? x[i] : 0));
     return h;
 }
 
@@ -151,19 +141,19 @@ static uint64_t hash_f32(uint64_t h, float x)
 {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
-    return hash_u64(h, bits);
+    return mattn__hash_u64(h, bits);
 }
 
 /* Everything in the resolved problem besides shapes and lengths that changes
  * the numbers: the effective scale, soft cap, window, chunk and sinks. */
 static uint64_t hash_options(const mattn__dec *p)
 {
-    uint64_t h = hash_f32(HASH_SEED, p->scale);
+    uint64_t h = hash_f32(MATTN__HASH_SEED, p->scale);
     h = hash_f32(h, p->softcap);
-    h = hash_u64(h, (uint64_t)p->window_left);
-    h = hash_u64(h, (uint64_t)p->window_right);
-    h = hash_u64(h, (uint64_t)p->chunk);
-    h = hash_u64(h, p->sinks != NULL);
+    h = mattn__hash_u64(h, (uint64_t)p->window_left);
+    h = mattn__hash_u64(h, (uint64_t)p->window_right);
+    h = mattn__hash_u64(h, (uint64_t)p->chunk);
+    h = mattn__hash_u64(h, p->sinks != NULL);
     for (int64_t i = 0; p->sinks && i < p->Hq; i++)
         h = hash_f32(h, p->sinks[i]);
     return h;
@@ -341,7 +331,7 @@ static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
     int rc = mattn__dec_contiguous(&p, q, k, v, starts, ends, o, opts, 0);
     if (rc == MATTN_OK) {
         sig_fill(&mine, &p, p.nseq * p.Hq,
-                 hash_i32(hash_i32(HASH_SEED, starts, p.nseq), ends, p.nseq));
+                 hash_i32(hash_i32(MATTN__HASH_SEED, starts, p.nseq), ends, p.nseq));
         mine.off = opts->kv_offset, mine.len = k->seq;
     }
     rc = check_group(mesh, rc, &mine, all);
@@ -411,7 +401,7 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
         rc = mattn__dec_paged(&p, q, cache, cu_q_lens, o, opts, 0);
     if (rc == MATTN_OK) {
         ns = p.nseq;
-        uint64_t h = hash_i32(HASH_SEED, cu_q_lens, ns + 1);
+        uint64_t h = hash_i32(MATTN__HASH_SEED, cu_q_lens, ns + 1);
         sig_fill(&mine, &p, q->seq * p.Hq,
                  hash_i32(h, cache->kv_totals ? cache->kv_totals : cache->kv_lens, ns));
     }

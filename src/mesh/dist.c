@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "core/hash.h"
 #include "core/status.h"
 #include "mesh/shard.h"
 
@@ -95,18 +96,57 @@ static int64_t float_bits(float x)
     return (int64_t)u;
 }
 
+/* Hash of the bytes of a [batch, heads, rows, cols] array of elem-byte
+ * entries with element strides sb, sh, st (contiguous columns). */
+static uint64_t hash_array(uint64_t h, const void *data, size_t elem, int64_t batch,
+                           int64_t heads, int64_t rows, int64_t cols, int64_t sb, int64_t sh,
+                           int64_t st)
+{
+    const char *base = data;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t hd = 0; hd < heads; hd++)
+            for (int64_t r = 0; r < rows; r++)
+                h = mattn__hash_bytes(h, base + (b * sb + hd * sh + r * st) * (int64_t)elem,
+                                      (size_t)cols * elem);
+    return h;
+}
+
+/* One fingerprint of the global arrays every rank must pass alike: the
+ * boolean mask, the bias and the sinks (their shapes are agreed beside it,
+ * so the hash only has to tell contents apart). Called after a successful
+ * local check, so the sizes are valid. */
+static uint64_t hash_global_arrays(const mattn_options *o, int64_t q_heads)
+{
+    uint64_t h = MATTN__HASH_SEED;
+    const mattn_mask *mk = &o->mask;
+    if (mk->data)
+        h = hash_array(h, mk->data, 1, mk->batch, mk->heads, mk->rows, mk->cols,
+                       mk->stride_batch, mk->stride_head, mk->stride_row);
+    const mattn_bias *bs = &o->bias;
+    if (bs->data)
+        h = hash_array(mattn__hash_u64(h, 1), bs->data, sizeof(float), bs->batch, bs->heads,
+                       bs->rows, bs->cols, bs->stride_batch, bs->stride_head,
+                       bs->stride_row);
+    if (o->sinks)
+        h = mattn__hash_bytes(mattn__hash_u64(h, 2), o->sinks, (size_t)q_heads * sizeof(float));
+    return h;
+}
+
 int mattn__dist_agree(const mattn_mesh *m, int local_status, const mattn_dist_shape *s,
                       const mattn_tensor *q, const mattn_tensor *v, const mattn_options *o,
                       mattn_op op, const mattn_ring_options *ring)
 {
-    enum { N = 27 };
+    enum { N = 32 };
     static const char *const names[N] = {
         "batch",       "q_len",        "kv_len",      "q_heads",     "kv_heads",
         "layout",      "head_dim",     "value_dim",   "causal",      "q_offset",
         "kv_offset",   "window_left",  "window_right", "chunk",      "segment_ids",
         "mask",        "bias",         "sinks",       "scale",       "softcap",
         "dropout_p",   "dropout_seed", "dropout_batch_offset", "dropout_head_offset",
-        "operator",    "ring comm mode", "ring skip_comm"};
+        "operator",    "ring comm mode", "ring skip_comm", "mask.batch", "mask.heads",
+        "bias.batch",  "bias.heads",
+        "mask, bias or sinks contents (every rank must pass the same global arrays)"};
+    static const char kinds[N + 1] = "iiiiiiiiiiiiiiiiiifffuiiiiiiiiih";
     /* A rank that failed may hold NULLs: it sends -1s, its status wins. */
     int64_t x[N];
     for (int i = 0; i < N; i++)
@@ -127,13 +167,19 @@ int mattn__dist_agree(const mattn_mesh *m, int local_status, const mattn_dist_sh
         x[18] = float_bits(o->scale), x[19] = float_bits(o->softcap);
         x[20] = float_bits(o->dropout_p), x[21] = (int64_t)o->dropout_seed;
         x[22] = o->dropout_batch_offset, x[23] = o->dropout_head_offset;
+        /* Broadcast dims decide the ring's plan and the size of the dbias
+         * reduction: ranks that disagree would wait for each other. */
+        x[27] = o->mask.data ? o->mask.batch : 0, x[28] = o->mask.data ? o->mask.heads : 0;
+        x[29] = o->bias.data ? o->bias.batch : 0, x[30] = o->bias.data ? o->bias.heads : 0;
+        if (local_status == MATTN_OK && s)
+            x[31] = (int64_t)hash_global_arrays(o, s->q_heads);
     }
     /* Ring options only matter to the ring (low byte: backward calls tag the
      * operator, mesh/partition_bwd.h). */
     mattn_ring_options ro =
         ring && (op & 0xff) == MATTN_OP_RING ? *ring : mattn_ring_options_default();
     x[24] = (int64_t)op, x[25] = (int64_t)ro.comm, x[26] = ro.skip_comm != 0;
-    return mattn__mesh_agree_values(m, local_status, x, names, N);
+    return mattn__mesh_agree_values(m, local_status, x, names, kinds, N);
 }
 
 mattn_options mattn__dist_local_options(const mattn_options *opts, const mattn__dist *d)

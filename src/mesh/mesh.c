@@ -45,34 +45,53 @@ int mattn__mesh_agree(const mattn_mesh *m, int local_status)
     return mattn__comm_agree(m->comm, local_status);
 }
 
-static int64_t negate(int64_t v)
+/* Prints value v of kind k for the mismatch message. */
+static void describe(char kind, int64_t v, char *buf, size_t n)
 {
-    return v == INT64_MIN ? INT64_MAX : -v; /* only a failed rank sends INT64_MIN */
+    if (kind == 'f') {
+        uint32_t u = (uint32_t)v;
+        float x;
+        memcpy(&x, &u, sizeof x);
+        snprintf(buf, n, "%g", (double)x);
+    } else if (kind == 'u') {
+        snprintf(buf, n, "%llu", (unsigned long long)(uint64_t)v);
+    } else {
+        snprintf(buf, n, "%lld", (long long)v);
+    }
 }
 
 int mattn__mesh_agree_values(const mattn_mesh *m, int local_status, const int64_t *values,
-                             const char *const *names, int n)
+                             const char *const *names, const char *kinds, int n)
 {
-    /* One MAX-allreduce of [-status, v.., -v..]: the first entry is minus
-     * the worst status, and a value agrees iff its max equals its min. */
+    /* One MAX-allreduce of [-status, v.., ~v..]: the first entry is minus
+     * the worst status; ~ reverses the order of int64 exactly (no overflow,
+     * unlike -v at INT64_MIN), so ~max(~v) is the min, and a value agrees iff
+     * its max equals its min. */
     int64_t in[1 + 2 * MATTN__AGREE_MAX], out[1 + 2 * MATTN__AGREE_MAX];
     if (n > MATTN__AGREE_MAX)
         n = MATTN__AGREE_MAX;
     in[0] = -(int64_t)local_status;
     for (int i = 0; i < n; i++) {
         in[1 + i] = values[i];
-        in[1 + n + i] = negate(values[i]);
+        in[1 + n + i] = ~values[i];
     }
     if (MPI_Allreduce(in, out, 1 + 2 * n, MPI_INT64_T, MPI_MAX, m->comm) != MPI_SUCCESS)
         return mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce failed while agreeing on a status");
     if (out[0] != 0) /* some rank failed: every rank saw it, so all enter */
         return mattn__comm_agree(m->comm, local_status);
-    for (int i = 0; i < n; i++)
-        if (out[1 + i] != negate(out[1 + n + i]))
-            return mattn__fail(MATTN_ERR_ARG,
-                               "ranks passed different values of %s (from %lld to %lld)",
-                               names[i], (long long)negate(out[1 + n + i]),
-                               (long long)out[1 + i]);
+    for (int i = 0; i < n; i++) {
+        int64_t lo = ~out[1 + n + i], hi = out[1 + i];
+        if (lo == hi)
+            continue;
+        char kind = kinds ? kinds[i] : 'i';
+        if (kind == 'h')
+            return mattn__fail(MATTN_ERR_ARG, "ranks passed different %s", names[i]);
+        char a[32], b[32];
+        describe(kind, lo, a, sizeof a);
+        describe(kind, hi, b, sizeof b);
+        return mattn__fail(MATTN_ERR_ARG, "ranks passed different values of %s (from %s to %s)",
+                           names[i], a, b);
+    }
     return MATTN_OK;
 }
 

@@ -27,15 +27,18 @@ int mattn__mesh_agree(const mattn_mesh *m, int local_status);
 int mattn__comm_agree(MPI_Comm comm, int local_status);
 
 /* Most values one agreement can compare. */
-#define MATTN__AGREE_MAX 32
+#define MATTN__AGREE_MAX 40
 
 /* Collective over m->comm, one allreduce in the success path: agrees on the
  * status as mattn__mesh_agree does AND checks that every rank passed the
  * same values[0..n) (a distributed call's schedule is derived from them, so
  * ranks that disagree would otherwise wait for messages that never come).
  * A failed status wins; else a mismatch gives MATTN_ERR_ARG on every rank,
- * naming names[i] of the first differing value. n <= MATTN__AGREE_MAX. */
+ * naming names[i] of the first differing value. n <= MATTN__AGREE_MAX.
+ * kinds[i] says how the message prints value i: 'i' int64, 'u' uint64,
+ * 'f' the bits of a float, 'h' a hash (not printed: "different <name>");
+ * kinds NULL: all 'i'. */
 int mattn__mesh_agree_values(const mattn_mesh *m, int local_status, const int64_t *values,
-                             const char *const *names, int n);
+                             const char *const *names, const char *kinds, int n);
 
 #endif

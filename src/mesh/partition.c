@@ -113,7 +113,7 @@ int mattn_mesh_splash_forward(const mattn_mesh *m, const mattn_dist_shape *shape
         return rc;
     /* Every rank must describe the mask alike (NULL or not, its heads). */
     static const char *const names[] = {"the splash mask's head count (0: NULL)"};
-    if ((rc = mattn__mesh_agree_values(m, MATTN_OK, &mask_heads, names, 1)))
+    if ((rc = mattn__mesh_agree_values(m, MATTN_OK, &mask_heads, names, NULL, 1)))
         return rc;
 
     if (d.active) {

@@ -157,7 +157,7 @@ static int move(const mattn_mesh *m, const mattn_dist_shape *s, mattn_shard_role
                      (int64_t)role, root, local ? local->Dm : -1, gather};
     static const char *const names[10] = {"batch", "q_len", "kv_len", "q_heads", "kv_heads",
                                           "layout", "role", "root", "dim", "direction"};
-    rc = mattn__mesh_agree_values(m, rc, v, names, 10);
+    rc = mattn__mesh_agree_values(m, rc, v, names, NULL, 10);
     if (rc)
         return rc;
 

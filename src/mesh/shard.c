@@ -180,7 +180,7 @@ int mattn_mesh_infer_shape(const mattn_mesh *m, const mattn_tensor *q, const mat
     }
     int64_t agreed[1] = {(int64_t)layout};
     static const char *const names[1] = {"layout"};
-    rc = mattn__mesh_agree_values(m, rc, agreed, names, 1);
+    rc = mattn__mesh_agree_values(m, rc, agreed, names, NULL, 1);
     if (rc == MATTN_OK)
         *shape = s;
     return rc;
