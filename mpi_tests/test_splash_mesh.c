@@ -186,6 +186,29 @@ static void test_errors(void **state)
                                                     s.lse, tl_rank() == size - 1 ? NULL : causal,
                                                     &s.opts),
                           MATTN_ERR_ARG, "mask on some ranks only");
+    if (size > 1) { /* one rank passes another mask, or another dense byte */
+        mattn_splash_mask *local, *dense;
+        assert_int_equal(mattn_splash_mask_local(3, 0, &local), MATTN_OK);
+        uint8_t bits[16 * 16];
+        for (int i = 0; i < 16 * 16; i++)
+            bits[i] = (uint8_t)(i % 5 != 0 || (tl_rank() == size - 1 && i == 255));
+        assert_int_equal(mattn_splash_mask_dense(bits, 16, 16, &dense), MATTN_OK);
+        expect_everywhere(mattn_mesh_splash_forward(m, &s.shape, &s.tq, &s.tk, &s.tv, &s.to,
+                                                    s.lse, tl_rank() == 0 ? local : causal,
+                                                    &s.opts),
+                          MATTN_ERR_ARG, "another mask on rank 0");
+        assert_non_null(strstr(mattn_last_error(), "same mask"));
+        expect_everywhere(mattn_mesh_splash_forward(m, &s.shape, &s.tq, &s.tk, &s.tv, &s.to,
+                                                    s.lse, dense, &s.opts),
+                          MATTN_ERR_ARG, "one dense byte differs on the last rank");
+        assert_non_null(strstr(mattn_last_error(), "same mask"));
+        bits[255] = 0;
+        assert_int_equal(mattn_mesh_splash_forward(m, &s.shape, &s.tq, &s.tk, &s.tv, &s.to,
+                                                   s.lse, dense, &s.opts),
+                         MATTN_OK);
+        mattn_splash_mask_free(local);
+        mattn_splash_mask_free(dense);
+    }
     sh_local_free(&s);
     mattn_mesh_free(m);
     mattn_splash_mask_free(causal);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "core/positions.h"
 #include "core/status.h"
 
@@ -268,6 +269,38 @@ int mattn_splash_mask_per_head(mattn_splash_mask *const *masks, int64_t heads,
 int64_t mattn_splash_mask_heads(const mattn_splash_mask *mask)
 {
     return mask ? mask->heads : 0;
+}
+
+uint64_t mattn__splash_mask_hash(const mattn_splash_mask *m)
+{
+    if (m == NULL)
+        return 0;
+    uint64_t h = mattn__hash_u64(MATTN__HASH_SEED, (uint64_t)m->kind);
+    h = mattn__hash_u64(h, (uint64_t)m->heads);
+    switch (m->kind) {
+    case MATTN__MASK_BAND:
+        h = mattn__hash_u64(h, (uint64_t)m->u.band.dlo);
+        h = mattn__hash_u64(h, (uint64_t)m->u.band.dhi);
+        return mattn__hash_u64(h, (uint64_t)m->u.band.chunk);
+    case MATTN__MASK_DENSE:
+        h = mattn__hash_u64(h, (uint64_t)m->u.dense.rows);
+        h = mattn__hash_u64(h, (uint64_t)m->u.dense.cols);
+        h = mattn__hash_u64(h, (uint64_t)m->u.dense.q0);
+        h = mattn__hash_u64(h, (uint64_t)m->u.dense.k0);
+        for (int64_t r = 0; r < m->u.dense.rows; r++)
+            h = mattn__hash_bytes(h, m->u.dense.data + r * m->u.dense.stride,
+                                  (size_t)m->u.dense.cols);
+        return h;
+    case MATTN__MASK_AND:
+    case MATTN__MASK_OR:
+        h = mattn__hash_u64(h, mattn__splash_mask_hash(m->u.pair.a));
+        return mattn__hash_u64(h, mattn__splash_mask_hash(m->u.pair.b));
+    case MATTN__MASK_PER_HEAD:
+        for (int64_t i = 0; i < m->heads; i++)
+            h = mattn__hash_u64(h, mattn__splash_mask_hash(m->u.per_head.child[i]));
+        return h;
+    }
+    return h;
 }
 
 /* ------------------------------------------------------------------ predicate */

@@ -63,6 +63,10 @@ struct mattn_splash_mask {
 /* A band leaf from its raw ends (validated by the caller). */
 int mattn__splash_mask_band(int64_t dlo, int64_t dhi, int64_t chunk, mattn_splash_mask **mask);
 
+/* Fingerprint of the mask's structure and dense contents (0 for NULL):
+ * equal masks hash alike on every rank. Reads every dense byte once. */
+uint64_t mattn__splash_mask_hash(const mattn_splash_mask *m);
+
 /* Exact point predicate. `head` selects the child of per-head nodes. */
 int mattn__mask_allowed(const mattn_splash_mask *m, int64_t head, int64_t qp, int64_t kp);
 

@@ -6,6 +6,7 @@
  * sliced to its batch entries and heads and the dropout indices offset to
  * its global ones. The only messages are the status agreements. */
 #include "core/status.h"
+#include "kernels/splash_mask.h"
 #include "mattn.h"
 #include "mesh/dist.h"
 #include "ops/ops.h"
@@ -111,9 +112,12 @@ int mattn_mesh_splash_forward(const mattn_mesh *m, const mattn_dist_shape *shape
     rc = mattn__dist_agree(m, rc, shape, q, v, opts, MATTN_OP_SPLASH, NULL);
     if (rc)
         return rc;
-    /* Every rank must describe the mask alike (NULL or not, its heads). */
-    static const char *const names[] = {"the splash mask's head count (0: NULL)"};
-    if ((rc = mattn__mesh_agree_values(m, MATTN_OK, &mask_heads, names, NULL, 1)))
+    /* Every rank must pass the same mask (NULL or not, its heads, its
+     * structure and dense contents). */
+    static const char *const names[] = {"the splash mask's head count (0: NULL)",
+                                        "splash masks (every rank must pass the same mask)"};
+    int64_t agreed[2] = {mask_heads, (int64_t)mattn__splash_mask_hash(mask)};
+    if ((rc = mattn__mesh_agree_values(m, MATTN_OK, agreed, names, "ih", 2)))
         return rc;
 
     if (d.active) {
