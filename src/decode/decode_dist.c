@@ -178,12 +178,42 @@ static void sig_fill(group_sig *g, const mattn__dec *p, int64_t rows, uint64_t l
     g->merge = merge_choice();
 }
 
+/* Signatures of groups up to this size are gathered on the stack. */
+enum { SIGS_ON_STACK = 64 };
+
+/* The buffer for the group's signatures: `stack` (SIGS_ON_STACK entries)
+ * for small groups, else the heap; NULL when some rank of the group has no
+ * memory for it (all know: they gather only into a buffer every one has). */
+static group_sig *sig_buffer(const mattn_mesh *mesh, group_sig *stack)
+{
+    if (mesh->sp <= SIGS_ON_STACK)
+        return stack;
+    group_sig *all = malloc(sizeof(group_sig) * (size_t)mesh->sp);
+    int have = all != NULL, everyone = 0;
+    if (MPI_Allreduce(&have, &everyone, 1, MPI_INT, MPI_MIN, mesh->sp_comm) != MPI_SUCCESS ||
+        !everyone) {
+        free(all);
+        return NULL;
+    }
+    return all;
+}
+
+static void sig_buffer_free(group_sig *all, const group_sig *stack)
+{
+    if (all != stack)
+        free(all);
+}
+
 /* Gathers the signatures of the sp group (every rank takes part, valid or
- * not) and checks that they describe one problem. Same verdict on every rank
- * of the group. */
+ * not) into all (from sig_buffer) and checks that they describe one
+ * problem. Same verdict on every rank of the group. */
 static int check_group(const mattn_mesh *mesh, int local, group_sig *mine, group_sig *all)
 {
     mine->ok = local == MATTN_OK;
+    if (all == NULL)
+        return local ? local
+                     : mattn__fail(MATTN_ERR_NOMEM, "decode: no memory to gather the %d sp "
+                                   "ranks' signatures", mesh->sp);
     if (MPI_Allgather(mine, (int)sizeof *mine, MPI_BYTE, all, (int)sizeof *mine, MPI_BYTE,
                       mesh->sp_comm) != MPI_SUCCESS)
         return mattn__fail(MATTN_ERR_MPI, "decode: MPI_Allgather of the signatures failed");
@@ -256,7 +286,10 @@ bad:
 static int check_caches(const mattn__dec *p, int P, const group_sig *all,
                         const int32_t *starts, const int32_t *ends)
 {
-    int64_t offs[P], lens[P], base = INT64_MAX, total = 0;
+    int64_t *offs = malloc(sizeof(int64_t) * 2 * (size_t)P);
+    if (offs == NULL)
+        return mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
+    int64_t *lens = offs + P, base = INT64_MAX, total = 0;
     for (int r = 0; r < P; r++) {
         offs[r] = all[r].off, lens[r] = all[r].len, total += all[r].len;
         if (all[r].len > 0 && all[r].off < base)
@@ -265,6 +298,7 @@ static int check_caches(const mattn__dec *p, int P, const group_sig *all,
     if (total == 0)
         base = 0;
     int rc = check_tiling(P, offs, lens, base, total, "cache rows", 0);
+    free(offs);
     for (int64_t b = 0; b < p->nseq && rc == MATTN_OK; b++) {
         int64_t lo = starts ? starts[b] : 0, hi = ends[b];
         if (hi > lo && (lo < base || hi > base + total))
@@ -327,7 +361,7 @@ static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
         return mattn__fail(MATTN_ERR_ARG, "mesh is NULL");
     mattn__dec p;
     float *rec = NULL;
-    group_sig mine = {0}, all[mesh->sp];
+    group_sig mine = {0}, stack[SIGS_ON_STACK], *all = sig_buffer(mesh, stack);
     int rc = mattn__dec_contiguous(&p, q, k, v, starts, ends, o, opts, 0);
     if (rc == MATTN_OK) {
         sig_fill(&mine, &p, p.nseq * p.Hq,
@@ -359,6 +393,7 @@ static int dist_contiguous(const mattn_mesh *mesh, const mattn_tensor *q,
             mattn__dec_l_from_lse(1, &x_lse, &x_m, &l[i]);
     }
 done:
+    sig_buffer_free(all, stack);
     mattn__scratch_put(rec);
     mattn__scratch_put((void *)p.seq);
     return rc;
@@ -389,7 +424,7 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
     mattn__dec p;
     float *rec = NULL;
     int32_t *ranges = NULL;
-    group_sig mine = {0}, all[mesh->sp];
+    group_sig mine = {0}, stack[SIGS_ON_STACK], *all = sig_buffer(mesh, stack);
     int rc;
     int64_t ns = 0;
     p.seq = NULL;
@@ -408,8 +443,8 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
     rc = check_group(mesh, rc, &mine, all);
     /* Same verdict on the whole group: every rank valid and alike, so all
      * gather the per-sequence ranges, or none does. */
-    int gather = 1;
-    for (int r = 0; r < mesh->sp; r++)
+    int gather = all != NULL;
+    for (int r = 0; gather && r < mesh->sp; r++)
         gather &= (int)all[r].ok;
     if (gather && rc == MATTN_OK) {
         ranges = malloc(sizeof(int32_t) * (size_t)(2 * ns * mesh->sp + 2));
@@ -427,14 +462,18 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
             if (MPI_Allgather(minev, (int)(2 * ns), MPI_INT32_T, ranges, (int)(2 * ns),
                               MPI_INT32_T, mesh->sp_comm) != MPI_SUCCESS)
                 rc = mattn__fail(MATTN_ERR_MPI, "decode: MPI_Allgather of ranges failed");
+            int64_t *offs = malloc(sizeof(int64_t) * 2 * (size_t)mesh->sp);
+            if (rc == MATTN_OK && offs == NULL)
+                rc = mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
             for (int64_t s = 0; s < ns && rc == MATTN_OK; s++) {
-                int64_t offs[mesh->sp], lens[mesh->sp];
+                int64_t *lens = offs + mesh->sp;
                 for (int r = 0; r < mesh->sp; r++)
                     offs[r] = ranges[(r * ns + s) * 2], lens[r] = ranges[(r * ns + s) * 2 + 1];
                 rc = check_tiling(mesh->sp, offs, lens, 0,
                                   cache->kv_totals ? cache->kv_totals[s] : cache->kv_lens[s],
                                   "token ranges", s);
             }
+            free(offs);
         } else {
             rc = local ? local : mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
         }
@@ -451,6 +490,7 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
                 lse[h * T + t] = rec[(t * p.Hq + h) * W];
     }
 done:
+    sig_buffer_free(all, stack);
     free(ranges);
     mattn__scratch_put(rec);
     mattn__scratch_put((void *)p.seq);
