@@ -539,6 +539,78 @@ static void test_runtime_errors(void **state)
     dir_free(&d);
 }
 
+/* ------------------------------------------------------------------ huge sizes */
+
+/* `mattn <args>` on one rank: exit 1 with `needle` in stderr. */
+static void expect_error(const char *needle, const char *const *args)
+{
+    cli_result r = cli_list(MPI_COMM_SELF, args);
+    expect_code(&r, 1);
+    expect_in(r.err, needle, "stderr");
+    cli_free(&r);
+}
+#define EXPECT_ERROR(needle, ...) expect_error(needle, (const char *const[]){__VA_ARGS__, NULL})
+
+/* Sizes whose buffers cannot be addressed (the product overflows int64 or
+ * size_t): exit 1 naming the buffer, never a crash, and nothing allocated
+ * first (the sizes are checked before any buffer is). */
+static void test_huge_sizes(void **state)
+{
+    (void)state;
+#define HUGE_PROBLEM "--batch", "1048576", "--seq", "2147483648", "--heads", "256", "--dim", "64", \
+                     "--quiet"
+    /* On a mesh (--mesh, or --op ring without one) each rank allocates its
+     * shard; without one the synthetic problem is made whole. */
+    const char *local_q = "MATTN_ERR_NOMEM: the local q [1048576, 2147483648, 256, 64] is too large";
+    EXPECT_ERROR(local_q, "run", "--op", "flash", "--mesh", "1,1,1", HUGE_PROBLEM);
+    EXPECT_ERROR(local_q, "run", "--op", "ring", HUGE_PROBLEM);
+    EXPECT_ERROR(local_q, "grad", "--op", "flash", "--mesh", "1,1,1", HUGE_PROBLEM);
+    EXPECT_ERROR(local_q, "grad", "--op", "ring", "--seq-layout", "zigzag", HUGE_PROBLEM);
+    const char *global_q = "the synthetic q [1048576, 2147483648, 256, 64] is too large";
+    EXPECT_ERROR(global_q, "run", "--op", "vanilla", HUGE_PROBLEM);
+    EXPECT_ERROR(global_q, "grad", "--op", "flash", HUGE_PROBLEM);
+#undef HUGE_PROBLEM
+
+    /* Files: an empty v (S = 0) may declare any Dv, so o [B, T, Hq, Dv]
+     * overflows though every file is small. */
+    tmpdir d = dir_make();
+    float *zero = tl_alloc(sizeof(float) * 16384);
+    char q[160], k[160], v[160];
+    snprintf(q, sizeof q, "%s", in_dir(&d, "q.npy"));
+    snprintf(k, sizeof k, "%s", in_dir(&d, "k.npy"));
+    snprintf(v, sizeof v, "%s", in_dir(&d, "v.npy"));
+    write_f32(q, 4, (const int64_t[]){1, 16384, 1, 1}, zero);
+    write_f32(k, 4, (const int64_t[]){1, 0, 1, 1}, zero);
+    write_f32(v, 4, (const int64_t[]){1, 0, 1, (int64_t)1 << 50}, zero);
+    EXPECT_ERROR("MATTN_ERR_NOMEM: the output o [1, 16384, 1, 1125899906842624] is too large",
+                 "run", "--op", "flash", "--q", q, "--k", k, "--v", v, "--lse",
+                 in_dir(&d, "lse.npy"));
+    assert_int_equal(dir_count(&d, NULL), 3); /* no output, no temporary */
+    /* A header whose nonzero dims overflow is refused even with a 0 dim
+     * (NumPy cannot make such an array): otherwise B * Hq of this q [B, Hq,
+     * T, D] (bhtd) would overflow wherever the command multiplies them. */
+    write_npy_typed(q, "<f4", 4, (const int64_t[]){(int64_t)1 << 62, 4, 0, 1}, zero, 4);
+    write_npy_typed(k, "<f4", 4, (const int64_t[]){(int64_t)1 << 62, 1, 0, 1}, zero, 4);
+    EXPECT_ERROR("q.npy: shape [4611686018427387904, 4, 0, 1] is too large", "run", "--layout",
+                 "bhtd", "--q", q, "--k", k, "--v", k);
+    free(zero);
+    dir_free(&d);
+
+    /* decode: every size is checked before q is made and filled (here 2^54
+     * bytes), so the cache that cannot exist is named at once. */
+    const char *key_cache =
+        "MATTN_ERR_NOMEM: the key cache [1048576, 2147483647, 65536, 65536] is too large";
+    const char *const cache[] = {"ragged", "ar"};
+    for (int x = 0; x < 2; x++)
+        EXPECT_ERROR(key_cache, "decode", "--op", cache[x], "--batch", "1048576", "--kv-len",
+                     "2147483647", "--heads", "65536", "--kv-heads", "65536", "--dim", "65536",
+                     "--quiet");
+    EXPECT_ERROR("MATTN_ERR_NOMEM: the value cache [2147483648, 1048576, 1, 65536] is too large",
+                 "decode", "--op", "paged", "--batch", "1048576", "--kv-len", "2147483647",
+                 "--page-size", "1048576", "--heads", "1", "--kv-heads", "1", "--dim", "1",
+                 "--dv", "65536", "--quiet");
+}
+
 /* ------------------------------------------------------------------ synthetic */
 
 static void test_synthetic_report(void **state)
@@ -825,6 +897,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_runtime_errors),
+        cmocka_unit_test(test_huge_sizes),
         cmocka_unit_test(test_synthetic_report),
         cmocka_unit_test(test_check_reference),
     };

@@ -371,6 +371,46 @@ static void test_errors(void **state)
         dir_free(&d);
 }
 
+/* Buffers too large to address, on a mesh of all ranks: exit 1 on every
+ * rank, rank 0 naming the buffer, and nobody hangs, whether every rank's
+ * shard overflows or only rank 0's (the others hold no batch entry). */
+static void test_huge_sizes(void **state)
+{
+    (void)state;
+    const int P = tl_size();
+    const int64_t B = 1048576, T = (int64_t)1 << 31;
+    char want[160];
+    argl a = {.n = 0};
+    arg(&a, "run"), arg(&a, "--op"), arg(&a, "flash"), arg(&a, "--mesh"), arg(&a, "%d,1,1", P);
+    arg(&a, "--batch=%lld", (long long)B), arg(&a, "--seq=%lld", (long long)T);
+    arg(&a, "--heads=256"), arg(&a, "--dim=64"), arg(&a, "--quiet");
+    snprintf(want, sizeof want, "the local q [%lld, %lld, 256, 64] is too large",
+             (long long)(B / P + (B % P != 0)), (long long)T); /* rank 0's part */
+    expect_all(&a, 1, want);
+    argl_free(&a);
+
+    arg(&a, "grad"), arg(&a, "--op"), arg(&a, "sdpa"), arg(&a, "--mesh"), arg(&a, "%d,1,1", P);
+    arg(&a, "--batch=1"), arg(&a, "--seq=%lld", (long long)T);
+    arg(&a, "--heads=65536"), arg(&a, "--dim=65536"), arg(&a, "--quiet");
+    expect_all(&a, 1, "the local q [1, 2147483648, 65536, 65536] is too large");
+    argl_free(&a);
+
+    arg(&a, "run"), arg(&a, "--op"), arg(&a, "ring"), arg(&a, "--seq-layout"), arg(&a, "zigzag");
+    arg(&a, "--batch=%lld", (long long)B), arg(&a, "--seq=%lld", (long long)T);
+    arg(&a, "--heads=256"), arg(&a, "--dim=64"), arg(&a, "--quiet");
+    const int64_t chunks = 2 * P, first = T / chunks + (T % chunks != 0), last = T / chunks;
+    snprintf(want, sizeof want, "the local q [%lld, %lld, 256, 64] is too large", (long long)B,
+             (long long)(first + last)); /* zigzag: chunks 0 and 2P-1 */
+    expect_all(&a, 1, want);
+    argl_free(&a);
+
+    arg(&a, "decode"), arg(&a, "--batch=%lld", (long long)B), arg(&a, "--kv-len=2147483647");
+    arg(&a, "--heads=65536"), arg(&a, "--kv-heads=65536"), arg(&a, "--dim=65536");
+    arg(&a, "--quiet");
+    expect_all(&a, 1, "the key cache [1048576, 2147483647, 65536, 65536] is too large");
+    argl_free(&a);
+}
+
 static void on_alarm(int sig)
 {
     (void)sig;
@@ -395,6 +435,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_run_synthetic),
         cmocka_unit_test(test_grad_dist),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_huge_sizes),
     };
     int failed = tl_run_spread("cli grad", spread, sizeof spread / sizeof spread[0]);
     failed += tl_run_all("cli (MPI_COMM_WORLD)", all, sizeof all / sizeof all[0]);

@@ -322,14 +322,13 @@ float mattn__attn_synth(const mattn__attn_config *c, uint64_t stream, int64_t in
     return (float)((double)(z >> 40) / 8388608.0 - 1.0); /* 24 bits over (-1, 1) */
 }
 
-static int alloc_array(mattn__npy_array *a, int64_t B, int64_t L, int64_t H, int64_t Dm,
-                       int layout)
+static int alloc_array(mattn__npy_array *a, const char *what, int64_t B, int64_t L, int64_t H,
+                       int64_t Dm, int layout)
 {
-    int64_t n;
-    if (__builtin_mul_overflow(B, L, &n) || __builtin_mul_overflow(n, H, &n) ||
-        __builtin_mul_overflow(n, Dm, &n) || (uint64_t)n > SIZE_MAX / sizeof(float))
-        return mattn__fail(MATTN_ERR_NOMEM, "tensor [%" PRId64 ", %" PRId64 ", %" PRId64
-                           ", %" PRId64 "] is too large", B, L, H, Dm);
+    int64_t n = 0;
+    int rc = mattn__attn_count(what, 4, (const int64_t[]){B, L, H, Dm}, sizeof(float), &n);
+    if (rc)
+        return rc;
     memset(a, 0, sizeof *a);
     a->dtype = MATTN__NPY_F32;
     snprintf(a->descr, sizeof a->descr, "<f4");
@@ -341,7 +340,7 @@ static int alloc_array(mattn__npy_array *a, int64_t B, int64_t L, int64_t H, int
     a->count = n;
     a->data = malloc(n ? (size_t)n * sizeof(float) : 1);
     if (a->data == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for a tensor of %" PRId64 " floats", n);
+        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
     return MATTN_OK;
 }
 
@@ -352,10 +351,11 @@ int mattn__attn_materialise(const mattn__attn_config *c, mattn__attn_problem *p)
                   Dm[3] = {p->D, p->D, p->Dv};
     mattn__npy_array *a[3] = {&p->q, &p->k, &p->v};
     mattn_tensor *t[3] = {&p->tq, &p->tk, &p->tv};
+    const char *what[3] = {"the synthetic q", "the synthetic k", "the synthetic v"};
     for (int x = 0; x < 3; x++) {
         if (a[x]->data)
             continue;
-        if ((rc = alloc_array(a[x], p->B, L[x], H[x], Dm[x], c->layout)))
+        if ((rc = alloc_array(a[x], what[x], p->B, L[x], H[x], Dm[x], c->layout)))
             return rc;
         float *d = a[x]->data;
         for (int64_t i = 0; i < a[x]->count; i++)
@@ -561,16 +561,14 @@ static int64_t gcd64(int64_t a, int64_t b)
 }
 
 int mattn__attn_alloc_local(const mattn__attn_local *l, mattn_shard_role role, int64_t Dm,
-                            float **data, mattn_tensor *t)
+                            const char *what, float **data, mattn_tensor *t)
 {
     const mattn_shard *s = &l->shard;
     int64_t L = role == MATTN_SHARD_Q ? s->q_len : s->kv_len;
     int64_t H = role == MATTN_SHARD_Q ? s->q_head_count : s->kv_head_count;
-    int64_t n = s->batch_count * L * H * Dm;
-    *data = malloc(n ? (size_t)n * sizeof(float) : 1);
-    if (*data == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for a local shard of %" PRId64
-                           " floats", n);
+    int rc = mattn__attn_alloc_floats(data, what, 4, (const int64_t[]){s->batch_count, L, H, Dm});
+    if (rc)
+        return rc;
     *t = mattn_tensor_bthd(NULL, s->batch_count, L, H, Dm);
     t->data = *data; /* (not through the const parameter: the buffer is not written yet) */
     return MATTN_OK;
@@ -638,11 +636,11 @@ int mattn__attn_place(MPI_Comm comm, const mattn__attn_config *c, const mattn__a
                                   (mattn_seq_layout)c->seq_layout};
     rc = mattn_mesh_shard(l->mesh, &l->shape, mattn_mesh_rank(l->mesh), &l->shard);
     if (rc == MATTN_OK)
-        rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, p->D, &l->q, &l->tq);
+        rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, p->D, "the local q", &l->q, &l->tq);
     if (rc == MATTN_OK)
-        rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, p->D, &l->k, &l->tk);
+        rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, p->D, "the local k", &l->k, &l->tk);
     if (rc == MATTN_OK)
-        rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, p->Dv, &l->v, &l->tv);
+        rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, p->Dv, "the local v", &l->v, &l->tv);
     int has_seg = c->q_seg != NULL;
     if (rc == MATTN_OK && has_seg) {
         const mattn_shard *s = &l->shard;
@@ -773,10 +771,30 @@ int mattn__attn_splash_mask(const mattn__attn_problem *p, const mattn_options *o
     return rc;
 }
 
-int mattn__attn_alloc_floats(float **x, int64_t n, const char *what)
+/* ------------------------------------------------------------------ sizes */
+
+int mattn__attn_count(const char *what, int k, const int64_t *dims, size_t size, int64_t *n)
 {
-    if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float) ||
-        (*x = malloc(n ? (size_t)n * sizeof(float) : 1)) == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
+    int64_t bytes = (int64_t)size;
+    int big = 0, empty = 0;
+    for (int x = 0; x < k; x++) {
+        empty |= dims[x] == 0;
+        big |= dims[x] < 0 || (dims[x] > 0 && __builtin_mul_overflow(bytes, dims[x], &bytes));
+    }
+    if (big || (uint64_t)bytes > SIZE_MAX) {
+        char shape[160];
+        return mattn__fail(MATTN_ERR_NOMEM, "%s %s is too large", what,
+                           mattn__npy_shape_str(dims, k, shape, sizeof shape));
+    }
+    *n = empty ? 0 : bytes / (int64_t)size;
     return MATTN_OK;
+}
+
+int mattn__attn_alloc_floats(float **x, const char *what, int k, const int64_t *dims)
+{
+    int64_t n = 0;
+    int rc = mattn__attn_count(what, k, dims, sizeof(float), &n);
+    if (rc == MATTN_OK && (*x = malloc(n ? (size_t)n * sizeof(float) : 1)) == NULL)
+        rc = mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " floats)", what, n);
+    return rc;
 }

@@ -255,9 +255,9 @@ int mattn__attn_place(MPI_Comm comm, const mattn__attn_config *c, const mattn__a
 void mattn__attn_local_free(mattn__attn_local *l);
 
 /* A local [B_l, L_l, H_l, Dm] BTHD buffer for a Q- or KV-role array
- * (mesh), zero-sized arrays included; NOMEM on failure. */
+ * (mesh), zero-sized arrays included; NOMEM naming `what` on failure. */
 int mattn__attn_alloc_local(const mattn__attn_local *l, mattn_shard_role role, int64_t Dm,
-                            float **data, mattn_tensor *t);
+                            const char *what, float **data, mattn_tensor *t);
 /* Scatters a global q/k/v-shaped tensor (rank 0; file layout) into a local
  * one (mesh), or fills it from a synthetic stream when global is NULL. */
 int mattn__attn_distribute(const mattn__attn_config *c, const mattn__attn_local *l,
@@ -283,7 +283,16 @@ int mattn__attn_splash_mask(const mattn__attn_problem *p, const mattn_options *o
  * for r > 0), so rank 0 can print it. */
 int mattn__attn_agree(MPI_Comm comm, int rc);
 
-/* *x = n floats (uninitialised), or MATTN_ERR_NOMEM naming `what`. */
-int mattn__attn_alloc_floats(float **x, int64_t n, const char *what);
+/* ------------------------------------------------------------------ sizes */
+
+/* *n = the product of the k sizes dims[] of a buffer of `size`-byte
+ * elements, or MATTN_ERR_NOMEM "<what> [dims] is too large" when its bytes
+ * overflow (as NumPy: the nonzero sizes must fit even if another is 0).
+ * Sizes come from the user, so every buffer they shape is counted here. */
+int mattn__attn_count(const char *what, int k, const int64_t *dims, size_t size, int64_t *n);
+
+/* *x = a [dims] buffer of floats (uninitialised), or MATTN_ERR_NOMEM naming
+ * `what`: mattn__attn_alloc_floats(&o, "o", 3, (const int64_t[]){B, Hq, T}). */
+int mattn__attn_alloc_floats(float **x, const char *what, int k, const int64_t *dims);
 
 #endif

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "cli/args.h"
+#include "cli/attn.h"
 #include "cli/cli.h"
 #include "cli/decode_ref.h"
 #include "cli/npy.h"
@@ -322,12 +323,14 @@ static void dec_free(dec_problem *p)
     memset(p, 0, sizeof *p);
 }
 
-static void *alloc_n(int64_t n, size_t size, const char *what)
+/* A [dims] buffer of `size`-byte elements, or NULL with MATTN_ERR_NOMEM
+ * naming `what` (mattn__attn_count: "too large" when the sizes overflow). */
+static void *alloc_n(const char *what, size_t size, int k, const int64_t *dims)
 {
+    int64_t n = 0;
     void *x = NULL;
-    if (n >= 0 && (uint64_t)n <= SIZE_MAX / size)
-        x = malloc(n ? (size_t)n * size : 1);
-    if (x == NULL)
+    if (mattn__attn_count(what, k, dims, size, &n) == MATTN_OK &&
+        (x = malloc(n ? (size_t)n * size : 1)) == NULL)
         mattn__fail(MATTN_ERR_NOMEM, "out of memory for %s (%" PRId64 " elements)", what, n);
     return x;
 }
@@ -441,7 +444,8 @@ static int load_files(const dec_config *c, dec_problem *p)
                                  c->q, p->T, p->B);
                 goto done;
             }
-            if ((p->cu = alloc_n(p->B + 1, sizeof(int32_t), "cu_q_lens")) == NULL) {
+            if ((p->cu = alloc_n("cu_q_lens", sizeof(int32_t), 1, (const int64_t[]){p->B + 1})) ==
+                NULL) {
                 rc = MATTN_ERR_NOMEM;
                 goto done;
             }
@@ -473,7 +477,7 @@ static uint64_t splitmix(uint64_t *s)
 
 static float *uniform(int64_t n, uint64_t seed, const char *what)
 {
-    float *x = alloc_n(n, sizeof(float), what);
+    float *x = alloc_n(what, sizeof(float), 1, &n);
     for (int64_t i = 0; x && i < n; i++)
         x[i] = (float)((double)(splitmix(&seed) >> 40) / 8388608.0 - 1.0);
     return x;
@@ -486,27 +490,35 @@ static int make_synthetic(const dec_config *c, dec_problem *p)
     p->B = c->batch, p->Hq = c->heads, p->Hkv = c->kv_heads, p->D = c->dim, p->Dv = c->dv;
     p->q_ndim = 3;
     p->T = paged ? c->batch * c->q_len : c->batch;
-    int64_t rows; /* cache rows: B * S, or pages * page_size */
     if (paged) {
         p->ps = c->page_size;
         p->mp = (c->kv_len + p->ps - 1) / p->ps;
         p->npages = p->B * p->mp;
-        rows = p->npages * p->ps;
     } else {
         p->S = c->kv_len;
-        rows = p->B * p->S;
     }
-    if ((p->q = uniform(p->T * p->Hq * p->D, seed + 1, "q")) == NULL ||
-        (p->k = uniform(rows * p->Hkv * p->D, seed + 2, "the key cache")) == NULL ||
-        (p->v = uniform(rows * p->Hkv * p->Dv, seed + 3, "the value cache")) == NULL ||
-        (p->ends = alloc_n(p->B, sizeof(int32_t), "lengths")) == NULL)
+    /* Every size before any allocation: a problem too large to address fails
+     * at once, not after gigabytes of q were filled. */
+    const int64_t rows = paged ? p->npages : p->B, cols = paged ? p->ps : p->S;
+    const int64_t qd[3] = {p->T, p->Hq, p->D}, kd[4] = {rows, cols, p->Hkv, p->D},
+                  vd[4] = {rows, cols, p->Hkv, p->Dv};
+    int64_t nq = 0, nk = 0, nv = 0;
+    int rc;
+    if ((rc = mattn__attn_count("q", 3, qd, sizeof(float), &nq)) ||
+        (rc = mattn__attn_count("the key cache", 4, kd, sizeof(float), &nk)) ||
+        (rc = mattn__attn_count("the value cache", 4, vd, sizeof(float), &nv)))
+        return rc;
+    if ((p->q = uniform(nq, seed + 1, "q")) == NULL ||
+        (p->k = uniform(nk, seed + 2, "the key cache")) == NULL ||
+        (p->v = uniform(nv, seed + 3, "the value cache")) == NULL ||
+        (p->ends = alloc_n("lengths", sizeof(int32_t), 1, &p->B)) == NULL)
         return MATTN_ERR_NOMEM;
     for (int64_t b = 0; b < p->B; b++)
         p->ends[b] = (int32_t)c->kv_len;
     if (!paged)
         return MATTN_OK;
-    if ((p->table = alloc_n(p->npages, sizeof(int32_t), "the page table")) == NULL ||
-        (p->cu = alloc_n(p->B + 1, sizeof(int32_t), "cu_q_lens")) == NULL)
+    if ((p->table = alloc_n("the page table", sizeof(int32_t), 1, &p->npages)) == NULL ||
+        (p->cu = alloc_n("cu_q_lens", sizeof(int32_t), 1, (const int64_t[]){p->B + 1})) == NULL)
         return MATTN_ERR_NOMEM;
     for (int64_t i = 0; i < p->npages; i++)
         p->table[i] = (int32_t)i;
@@ -705,12 +717,13 @@ static int dec_share(MPI_Comm comm, int load_rc, dec_problem *p, const mattn_mes
 
     const int paged = p->op == OP_PAGED;
     /* Allocate: small arrays (non-root), local cache, outputs. */
+    const size_t i32 = sizeof(int32_t), f32 = sizeof(float);
     if (rank != 0) {
-        if ((p->q = alloc_n(p->T * p->Hq * p->D, sizeof(float), "q")) == NULL ||
-            (p->ends = alloc_n(p->B, sizeof(int32_t), "lengths")) == NULL ||
-            (p->has_starts && (p->starts = alloc_n(p->B, sizeof(int32_t), "starts")) == NULL) ||
-            (p->has_sinks && (p->sinks = alloc_n(p->Hq, sizeof(float), "sinks")) == NULL) ||
-            (paged && (p->cu = alloc_n(p->B + 1, sizeof(int32_t), "cu_q_lens")) == NULL))
+        if ((p->q = alloc_n("q", f32, 3, (const int64_t[]){p->T, p->Hq, p->D})) == NULL ||
+            (p->ends = alloc_n("lengths", i32, 1, &p->B)) == NULL ||
+            (p->has_starts && (p->starts = alloc_n("starts", i32, 1, &p->B)) == NULL) ||
+            (p->has_sinks && (p->sinks = alloc_n("sinks", f32, 1, &p->Hq)) == NULL) ||
+            (paged && (p->cu = alloc_n("cu_q_lens", i32, 1, (const int64_t[]){p->B + 1})) == NULL))
             rc = MATTN_ERR_NOMEM;
     }
     if (P > 1) { /* the small arrays first: the local sizes depend on the lengths */
@@ -730,28 +743,30 @@ static int dec_share(MPI_Comm comm, int load_rc, dec_problem *p, const mattn_mes
     } else if (rc == MATTN_OK && paged) {
         paged_part(p, P, rank, &p->npages_loc, &p->mp_loc);
         int64_t np = p->npages_loc ? p->npages_loc : 1;
-        if ((p->k_loc = alloc_n(np * p->ps * p->Hkv * p->D, sizeof(float), "local keys")) ==
+        if ((p->k_loc = alloc_n("local keys", f32, 4,
+                                (const int64_t[]){np, p->ps, p->Hkv, p->D})) == NULL ||
+            (p->v_loc = alloc_n("local values", f32, 4,
+                                (const int64_t[]){np, p->ps, p->Hkv, p->Dv})) == NULL ||
+            (p->table_loc = alloc_n("local table", i32, 2, (const int64_t[]){p->B, p->mp_loc})) ==
                 NULL ||
-            (p->v_loc = alloc_n(np * p->ps * p->Hkv * p->Dv, sizeof(float), "local values")) ==
-                NULL ||
-            (p->table_loc = alloc_n(p->B * p->mp_loc, sizeof(int32_t), "local table")) == NULL ||
-            (p->lens_loc = alloc_n(p->B, sizeof(int32_t), "local lengths")) == NULL ||
-            (p->starts_loc = alloc_n(p->B, sizeof(int32_t), "local starts")) == NULL)
+            (p->lens_loc = alloc_n("local lengths", i32, 1, &p->B)) == NULL ||
+            (p->starts_loc = alloc_n("local starts", i32, 1, &p->B)) == NULL)
             rc = MATTN_ERR_NOMEM;
     } else if (rc == MATTN_OK) {
         mattn_split(p->S, P, rank, &p->off_loc, &p->S_loc);
-        if ((p->k_loc = alloc_n(p->B * p->S_loc * p->Hkv * p->D, sizeof(float), "local keys")) ==
-                NULL ||
-            (p->v_loc = alloc_n(p->B * p->S_loc * p->Hkv * p->Dv, sizeof(float),
-                                "local values")) == NULL)
+        if ((p->k_loc = alloc_n("local keys", f32, 4,
+                                (const int64_t[]){p->B, p->S_loc, p->Hkv, p->D})) == NULL ||
+            (p->v_loc = alloc_n("local values", f32, 4,
+                                (const int64_t[]){p->B, p->S_loc, p->Hkv, p->Dv})) == NULL)
             rc = MATTN_ERR_NOMEM;
     }
     int64_t T = p->T, Hq = p->Hq;
+    const int64_t rows[2] = {T, Hq};
     if (rc == MATTN_OK &&
-        ((p->o = alloc_n(T * Hq * p->Dv, sizeof(float), "the output o")) == NULL ||
-         (p->want_lse && (p->lse = alloc_n(T * Hq, sizeof(float), "lse")) == NULL) ||
-         (p->want_m && (p->m = alloc_n(T * Hq, sizeof(float), "m")) == NULL) ||
-         (p->want_l && (p->l = alloc_n(T * Hq, sizeof(float), "l")) == NULL)))
+        ((p->o = alloc_n("the output o", f32, 3, (const int64_t[]){T, Hq, p->Dv})) == NULL ||
+         (p->want_lse && (p->lse = alloc_n("lse", f32, 2, rows)) == NULL) ||
+         (p->want_m && (p->m = alloc_n("m", f32, 2, rows)) == NULL) ||
+         (p->want_l && (p->l = alloc_n("l", f32, 2, rows)) == NULL)))
         rc = MATTN_ERR_NOMEM;
     /* Outputs start as NaN: an element the kernel never wrote cannot pass. */
     for (int64_t x = 0; rc == MATTN_OK && x < T * Hq * p->Dv; x++)
@@ -771,13 +786,13 @@ static int dec_share(MPI_Comm comm, int load_rc, dec_problem *p, const mattn_mes
             paged_part(p, P, r, &np, &mp);
             big_np = np > big_np ? np : big_np, big_mp = mp > big_mp ? mp : big_mp;
         }
-        if ((sk = alloc_n(big_np * p->ps * p->Hkv * p->D, sizeof(float), "staged keys")) ==
-                NULL ||
-            (sv = alloc_n(big_np * p->ps * p->Hkv * p->Dv, sizeof(float), "staged values")) ==
-                NULL ||
-            (stab = alloc_n(p->B * big_mp, sizeof(int32_t), "a page table")) == NULL ||
-            (slen = alloc_n(p->B, sizeof(int32_t), "lengths")) == NULL ||
-            (sstart = alloc_n(p->B, sizeof(int32_t), "starts")) == NULL)
+        if ((sk = alloc_n("staged keys", f32, 4,
+                          (const int64_t[]){big_np, p->ps, p->Hkv, p->D})) == NULL ||
+            (sv = alloc_n("staged values", f32, 4,
+                          (const int64_t[]){big_np, p->ps, p->Hkv, p->Dv})) == NULL ||
+            (stab = alloc_n("a page table", i32, 2, (const int64_t[]){p->B, big_mp})) == NULL ||
+            (slen = alloc_n("lengths", i32, 1, &p->B)) == NULL ||
+            (sstart = alloc_n("starts", i32, 1, &p->B)) == NULL)
             rc = MATTN_ERR_NOMEM;
     }
     if (mattn__cli_agree_max(comm, rc != MATTN_OK) != 0) {
@@ -875,7 +890,7 @@ static int dec_compute(const dec_config *c, MPI_Comm comm, const mattn_mesh *mes
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
     mattn_options o = dec_options(c, p);
-    double *times = alloc_n(c->repeat, sizeof(double), "timings");
+    double *times = alloc_n("timings", sizeof(double), 1, &c->repeat);
     if (mattn__cli_agree_max(comm, times == NULL) != 0) {
         free(times);
         return mattn__fail(MATTN_ERR_NOMEM, "out of memory for timings");

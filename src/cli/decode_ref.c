@@ -151,7 +151,10 @@ int mattn__dref_check(const mattn__dref_problem *p, int64_t rows, mattn__dref_re
                            (long long)p->Dv);
     int64_t s = 0;
     for (int64_t x = 0; x < rows; x++) {
-        int64_t row = x * total / rows, t = row / p->Hq, h = row % p->Hq;
+        /* Evenly spaced rows: floor(x * total / rows), exact in 128 bits. */
+        typedef unsigned __int128 u128;
+        int64_t row = (int64_t)((u128)x * (u128)total / (u128)rows);
+        int64_t t = row / p->Hq, h = row % p->Hq;
         /* sequence of query row t (rows are visited in increasing order) */
         if (p->cu)
             while (s + 1 < p->nseq && p->cu[s + 1] <= t)

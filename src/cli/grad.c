@@ -152,6 +152,21 @@ static void state_free(grad_state *s)
     mattn__attn_problem_free(&s->p);
 }
 
+/* Rank 0: the synthetic do of the global problem, in the file layout. */
+static int synth_do(const mattn__attn_config *c, const mattn__attn_problem *p,
+                    mattn__npy_array *gdo)
+{
+    float *d;
+    int rc = mattn__attn_alloc_floats(&d, "do", 4, (const int64_t[]){p->B, p->T, p->Hq, p->Dv});
+    if (rc)
+        return rc;
+    int64_t n = p->B * p->T * p->Hq * p->Dv; /* allocated, so it fits */
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mattn__attn_synth(c, 4, i);
+    gdo->data = d, gdo->count = n;
+    return MATTN_OK;
+}
+
 /* Rank 0: do, o, lse from their files (checked against the problem). */
 static int load_grad_inputs(const mattn__attn_config *c, grad_state *s)
 {
@@ -172,15 +187,8 @@ static int load_grad_inputs(const mattn__attn_config *c, grad_state *s)
                                mattn__npy_shape_str(s->glse.shape, s->glse.ndim, shp, sizeof shp),
                                p->B, p->Hq, p->T);
     }
-    if (c->synthetic && s->l.mesh == NULL) { /* single rank: do made globally */
-        int64_t n = p->B * p->T * p->Hq * p->Dv;
-        float *d;
-        if ((rc = mattn__attn_alloc_floats(&d, n, "do")))
-            return rc;
-        for (int64_t i = 0; i < n; i++)
-            d[i] = mattn__attn_synth(c, 4, i);
-        s->gdo.data = d, s->gdo.count = n;
-    }
+    if (c->synthetic && s->l.mesh == NULL) /* single rank: do made globally */
+        return synth_do(c, p, &s->gdo);
     return MATTN_OK;
 }
 
@@ -191,16 +199,20 @@ static int grad_open(const mattn__attn_config *c, grad_state *s)
     mattn__attn_local *l = &s->l;
     int rc;
     int64_t B = p->B, T = p->T, S = p->S, Hq = p->Hq, Hkv = p->Hkv, D = p->D, Dv = p->Dv;
+    const int64_t dq_dims[4] = {B, T, Hq, D}, dk_dims[4] = {B, S, Hkv, D},
+                  dv_dims[4] = {B, S, Hkv, Dv};
     if (l->mesh == NULL) {
         s->dout = s->gdo.data;
         s->tdo = mattn__attn_view(c, s->dout, B, T, Hq, Dv);
         s->o = s->go.data;
         s->lse = s->glse.data;
-        if ((!s->o && (rc = mattn__attn_alloc_floats(&s->o, B * T * Hq * Dv, "o"))) ||
-            (!s->lse && (rc = mattn__attn_alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
-            (rc = mattn__attn_alloc_floats(&s->dq, B * T * Hq * D, "dq")) ||
-            (rc = mattn__attn_alloc_floats(&s->dk, B * S * Hkv * D, "dk")) ||
-            (rc = mattn__attn_alloc_floats(&s->dv, B * S * Hkv * Dv, "dv")))
+        if ((!s->o &&
+             (rc = mattn__attn_alloc_floats(&s->o, "o", 4, (const int64_t[]){B, T, Hq, Dv}))) ||
+            (!s->lse &&
+             (rc = mattn__attn_alloc_floats(&s->lse, "lse", 3, (const int64_t[]){B, Hq, T}))) ||
+            (rc = mattn__attn_alloc_floats(&s->dq, "dq", 4, dq_dims)) ||
+            (rc = mattn__attn_alloc_floats(&s->dk, "dk", 4, dk_dims)) ||
+            (rc = mattn__attn_alloc_floats(&s->dv, "dv", 4, dv_dims)))
             return rc;
         s->to = mattn__attn_view(c, s->o, B, T, Hq, Dv);
         s->tdq = mattn__attn_view(c, s->dq, B, T, Hq, D);
@@ -208,26 +220,30 @@ static int grad_open(const mattn__attn_config *c, grad_state *s)
         s->tdv = mattn__attn_view(c, s->dv, B, S, Hkv, Dv);
     } else {
         const mattn_shard *sh = &l->shard;
-        if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->o, &s->to)) ||
-            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->dout, &s->tdo)) ||
-            (rc = mattn__attn_alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len, "lse")) ||
-            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, D, &s->dq, &s->tdq)) ||
-            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, D, &s->dk, &s->tdk)) ||
-            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, Dv, &s->dv, &s->tdv)))
+        const int64_t local_lse[3] = {sh->batch_count, sh->q_head_count, sh->q_len};
+        if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, "the local o", &s->o, &s->to)) ||
+            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, "the local do", &s->dout,
+                                          &s->tdo)) ||
+            (rc = mattn__attn_alloc_floats(&s->lse, "the local lse", 3, local_lse)) ||
+            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, D, "the local dq", &s->dq, &s->tdq)) ||
+            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, D, "the local dk", &s->dk, &s->tdk)) ||
+            (rc = mattn__attn_alloc_local(l, MATTN_SHARD_KV, Dv, "the local dv", &s->dv, &s->tdv)))
             return rc;
         if (s->rank == 0 && (c->dq || c->dk || c->dv_out || c->check)) {
-            if ((rc = mattn__attn_alloc_floats(&s->gdq, B * T * Hq * D, "the gathered dq")) ||
-                (rc = mattn__attn_alloc_floats(&s->gdk, B * S * Hkv * D, "the gathered dk")) ||
-                (rc = mattn__attn_alloc_floats(&s->gdv, B * S * Hkv * Dv, "the gathered dv")))
+            if ((rc = mattn__attn_alloc_floats(&s->gdq, "the gathered dq", 4, dq_dims)) ||
+                (rc = mattn__attn_alloc_floats(&s->gdk, "the gathered dk", 4, dk_dims)) ||
+                (rc = mattn__attn_alloc_floats(&s->gdv, "the gathered dv", 4, dv_dims)))
                 return rc;
             s->tgdq = mattn__attn_view(c, s->gdq, B, T, Hq, D);
             s->tgdk = mattn__attn_view(c, s->gdk, B, S, Hkv, D);
             s->tgdv = mattn__attn_view(c, s->gdv, B, S, Hkv, Dv);
         }
     }
-    if ((c->dsinks || (c->check && c->sinks)) && (rc = mattn__attn_alloc_floats(&s->dsinks, Hq, "dsinks")))
+    if ((c->dsinks || (c->check && c->sinks)) &&
+        (rc = mattn__attn_alloc_floats(&s->dsinks, "dsinks", 1, &Hq)))
         return rc;
-    if (c->dbias && (rc = mattn__attn_alloc_floats(&s->dbias, p->bias_b * p->bias_h * T * S, "dbias")))
+    if (c->dbias && (rc = mattn__attn_alloc_floats(&s->dbias, "dbias", 4,
+                                                   (const int64_t[]){p->bias_b, p->bias_h, T, S})))
         return rc;
     s->path[G_DQ] = c->dq, s->path[G_DK] = c->dk, s->path[G_DV] = c->dv_out;
     s->path[G_DSINKS] = c->dsinks, s->path[G_DBIAS] = c->dbias;
@@ -371,15 +387,8 @@ static int grad_check(const mattn__attn_config *c, grad_state *s, mattn__ref_gra
     int rc, mesh = s->l.mesh != NULL;
     if (p->q.data == NULL && (rc = mattn__attn_materialise(c, p)))
         return rc;
-    if (s->gdo.data == NULL) { /* synthetic do under a mesh */
-        int64_t n = p->B * p->T * p->Hq * p->Dv;
-        float *d;
-        if ((rc = mattn__attn_alloc_floats(&d, n, "do")))
-            return rc;
-        for (int64_t i = 0; i < n; i++)
-            d[i] = mattn__attn_synth(c, 4, i);
-        s->gdo.data = d, s->gdo.count = n;
-    }
+    if (s->gdo.data == NULL && (rc = synth_do(c, p, &s->gdo))) /* synthetic do under a mesh */
+        return rc;
     mattn_tensor tdo = mattn__attn_view(c, s->gdo.data, p->B, p->T, p->Hq, p->Dv);
     mattn__ref_grad_problem g = {&p->tq, &p->tk, &p->tv, &tdo,
                                  mesh ? &s->tgdq : &s->tdq, mesh ? &s->tgdk : &s->tdk,

@@ -473,17 +473,24 @@ int mattn__npy_read(const char *path, mattn__npy_array *a)
         goto done;
     }
 
-    /* The data must be exactly count * itemsize bytes. */
-    int64_t count = 1, bytes;
-    for (int d = 0; d < h.ndim; d++)
-        if (__builtin_mul_overflow(count, h.shape[d], &count))
-            count = -1;
+    /* The data must be exactly count * itemsize bytes. As NumPy, a shape is
+     * too large when its nonzero dims overflow, even if another dim is 0:
+     * the command multiplies dims of several files in any order. */
+    int64_t bytes = (int64_t)f.size;
+    int big = 0, empty = 0;
+    for (int d = 0; d < h.ndim; d++) {
+        empty |= h.shape[d] == 0;
+        big |= h.shape[d] > 0 && __builtin_mul_overflow(bytes, h.shape[d], &bytes);
+    }
     char shp[256];
     mattn__npy_shape_str(h.shape, h.ndim, shp, sizeof shp);
-    if (count < 0 || __builtin_mul_overflow(count, (int64_t)f.size, &bytes)) {
+    if (big) {
         rc = mattn__fail(MATTN_ERR_IO, "%s: shape %s is too large", path, shp);
         goto done;
     }
+    if (empty)
+        bytes = 0;
+    int64_t count = bytes / (int64_t)f.size;
     int64_t avail = size - pre_len - (int64_t)hlen;
     if (avail < bytes) {
         rc = mattn__fail(MATTN_ERR_IO, "%s: truncated data: shape %s of '%s' needs %" PRId64

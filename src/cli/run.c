@@ -161,21 +161,24 @@ static int run_open(const mattn__attn_config *c, run_state *s)
     int rc, want_lse = c->lse || c->check;
     int gather = c->out || want_lse;
     int64_t B = p->B, T = p->T, Hq = p->Hq, Dv = p->Dv;
+    const int64_t o_dims[4] = {B, T, Hq, Dv}, lse_dims[3] = {B, Hq, T};
     if (l->mesh == NULL) {
-        if ((rc = mattn__attn_alloc_floats(&s->o, B * T * Hq * Dv, "the output o")) ||
-            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, B * Hq * T, "lse"))) ||
-            (c->weights && (rc = mattn__attn_alloc_floats(&s->weights, B * Hq * T * p->S, "weights"))))
+        if ((rc = mattn__attn_alloc_floats(&s->o, "the output o", 4, o_dims)) ||
+            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, "lse", 3, lse_dims))) ||
+            (c->weights && (rc = mattn__attn_alloc_floats(&s->weights, "weights", 4,
+                                                          (const int64_t[]){B, Hq, T, p->S}))))
             return rc;
         s->to = mattn__attn_view(c, s->o, B, T, Hq, Dv);
     } else {
         const mattn_shard *sh = &l->shard;
-        if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, &s->o, &s->to)) ||
-            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, sh->batch_count * sh->q_head_count * sh->q_len,
-                                            "lse"))))
+        const int64_t local_lse[3] = {sh->batch_count, sh->q_head_count, sh->q_len};
+        if ((rc = mattn__attn_alloc_local(l, MATTN_SHARD_Q, Dv, "the local o", &s->o, &s->to)) ||
+            (want_lse && (rc = mattn__attn_alloc_floats(&s->lse, "the local lse", 3, local_lse))))
             return rc;
         if (s->rank == 0 && gather &&
-            ((rc = mattn__attn_alloc_floats(&s->go, B * T * Hq * Dv, "the gathered o")) ||
-             (want_lse && (rc = mattn__attn_alloc_floats(&s->glse, B * Hq * T, "the gathered lse")))))
+            ((rc = mattn__attn_alloc_floats(&s->go, "the gathered o", 4, o_dims)) ||
+             (want_lse &&
+              (rc = mattn__attn_alloc_floats(&s->glse, "the gathered lse", 3, lse_dims)))))
             return rc;
         if (s->go)
             s->tgo = mattn__attn_view(c, s->go, B, T, Hq, Dv);
