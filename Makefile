@@ -57,6 +57,7 @@ lib: $(STATIC) $(SHARED)
 # Per-file instruction sets: these files are only entered after a CPU check.
 $(BUILD)/obj/src/kernels/vecmath_avx2.o: CFLAGS_ALL += -mavx2 -mfma
 $(BUILD)/obj/src/kernels/vecmath_avx512.o: CFLAGS_ALL += -mavx512f -mavx512dq -mavx512vl -mfma
+$(BUILD)/obj/src/decode/decode_ops_avx2.o: CFLAGS_ALL += -mavx2 -mfma
 $(BUILD)/obj/src/decode/decode_ops_avx512.o: CFLAGS_ALL += -mavx512f -mavx512dq -mavx512vl -mfma
 
 $(BUILD)/obj/%.o: %.c

@@ -445,15 +445,13 @@ static void test_errors(void **state)
     dcase_free(&c);
 }
 
-/* The AVX-512 inner loops against the portable ones and a double dot, over
- * row counts, key counts and dims that exercise every tail and the
- * fixed-size paths (4 keys, D = 64, 128, 256), for two kv heads (head stride
- * inside a key row) writing logits columns from j = 2. */
-static void test_inner_loops(void **state)
+/* One SIMD implementation of the inner loops against the portable ones and
+ * a double dot, over row counts, key counts and dims that exercise every
+ * tail and the fixed-size paths (4 keys, D = 64, 128, 256), for two kv heads
+ * (head stride inside a key row) writing logits columns from j = 2. */
+static void check_inner_loops(const mattn__dec_ops *ops)
 {
-    (void)state;
-    if (strcmp(mattn__vecmath_get()->name, "avx512") != 0)
-        skip();
+    const char *name = ops->name;
     tl_rng r = tl_rng_make(800);
     const int64_t Ds[] = {1, 15, 16, 17, 64, 70, 128, 129, 256}, H = 2, j = 2, ld = 13;
     for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++)
@@ -479,7 +477,7 @@ static void test_inner_loops(void **state)
                 mattn__dec_heads w2 = w1;
                 w2.s = s2, w2.acc = a2;
                 /* a prefetch hint past the end must never be read */
-                mattn__dec_ops_avx512.dots(&w1, j, k, ks, kh, nk, k + nk * ks);
+                ops->dots(&w1, j, k, ks, kh, nk, k + nk * ks);
                 mattn__dec_ops_portable.dots(&w2, j, k, ks, kh, nk, NULL);
                 for (int64_t h = 0; h < H; h++)
                     for (int64_t x = 0; x < R; x++)
@@ -496,7 +494,7 @@ static void test_inner_loops(void **state)
                                 dot += t, mag += fabs(t);
                             }
                             double tol = (D + 2) * mag / 16777216.0;
-                            tl_assert_close(s1[row * ld + c], dot, tol, "avx512 dot D=%lld",
+                            tl_assert_close(s1[row * ld + c], dot, tol, "%s dot D=%lld", name,
                                             (long long)D);
                             tl_assert_close(s2[row * ld + c], dot, tol, "portable dot D=%lld",
                                             (long long)D);
@@ -504,7 +502,7 @@ static void test_inner_loops(void **state)
                 /* accum with the logits s2 as weights and the k rows as values,
                  * against a double sum: nk + 1 fp32 roundings of terms up to mag. */
                 w1.s = s2;
-                mattn__dec_ops_avx512.accum(&w1, j, k, ks, kh, nk, k + nk * ks);
+                ops->accum(&w1, j, k, ks, kh, nk, k + nk * ks);
                 mattn__dec_ops_portable.accum(&w2, j, k, ks, kh, nk, NULL);
                 for (int64_t h = 0; h < H; h++)
                     for (int64_t x = 0; x < R; x++)
@@ -517,7 +515,7 @@ static void test_inner_loops(void **state)
                             }
                             double tol = 2.0 * (double)(nk + 1) * mag / 16777216.0;
                             tl_assert_close(a1[row * D + d], want, tol,
-                                            "avx512 accum R=%lld nk=%lld", (long long)R,
+                                            "%s accum R=%lld nk=%lld", name, (long long)R,
                                             (long long)nk);
                             tl_assert_close(a2[row * D + d], want, tol,
                                             "portable accum R=%lld nk=%lld", (long long)R,
@@ -525,6 +523,21 @@ static void test_inner_loops(void **state)
                         }
                 free(q), free(k), free(s1), free(s2), free(a0), free(a1), free(a2);
             }
+}
+
+/* Every SIMD implementation this CPU can run (the one the library picks
+ * runs through the other tests too). */
+static void test_inner_loops(void **state)
+{
+    (void)state;
+    __builtin_cpu_init();
+    int ran = 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+        check_inner_loops(&mattn__dec_ops_avx512), ran++;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_inner_loops(&mattn__dec_ops_avx2), ran++;
+    if (!ran)
+        skip();
 }
 
 int main(int argc, char **argv)

@@ -149,6 +149,7 @@ typedef struct mattn__dec_ops {
 
 const mattn__dec_ops *mattn__dec_ops_get(void);
 extern const mattn__dec_ops mattn__dec_ops_portable;
+extern const mattn__dec_ops mattn__dec_ops_avx2;
 extern const mattn__dec_ops mattn__dec_ops_avx512;
 
 #endif

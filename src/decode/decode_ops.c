@@ -1,6 +1,5 @@
-/* Run-time choice of the decode inner loops: the AVX-512 ones when the
- * vector math runs AVX-512 (same CPU check, same MATTN_VECMATH override),
- * else the portable ones. */
+/* Run-time choice of the decode inner loops: those of the instruction set
+ * the vector math runs (same CPU check, same MATTN_VECMATH override). */
 #include <string.h>
 
 #include "decode/decode.h"
@@ -8,7 +7,10 @@
 
 const mattn__dec_ops *mattn__dec_ops_get(void)
 {
-    if (strcmp(mattn__vecmath_get()->name, "avx512") == 0)
+    const char *isa = mattn__vecmath_get()->name;
+    if (strcmp(isa, "avx512") == 0)
         return &mattn__dec_ops_avx512;
+    if (strcmp(isa, "avx2") == 0)
+        return &mattn__dec_ops_avx2;
     return &mattn__dec_ops_portable;
 }

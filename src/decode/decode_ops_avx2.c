@@ -1,0 +1,211 @@
+/* AVX2 decode inner loops; compiled with -mavx2 -mfma and entered only when
+ * the CPU has them and not AVX-512 (src/decode/decode_ops.c): the same
+ * design as decode_ops_avx512.c at half the width, blocked for 16 vector
+ * registers instead of 32 (dots 2 rows x 4 keys, accum 2 rows x 32
+ * columns), so a K/V vector loaded once still feeds two FMAs and nothing
+ * spills. */
+#include <immintrin.h>
+
+#include "decode/decode.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* Lane mask of the first `left` of 8 floats, for maskload/maskstore. */
+static ALWAYS_INLINE __m256i tail8(int64_t left)
+{
+    int n = left >= 8 ? 8 : left <= 0 ? 0 : (int)left;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* [sum(a), sum(b), sum(c), sum(d)] */
+static ALWAYS_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    /* per 128-bit half: [a0+..+a3, b.., c.., d..] */
+    __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+}
+
+/* RB (<= 2) rows x 4 keys of dot products; keys past nk read row 0 again
+ * (a valid address) and are not stored. */
+static ALWAYS_INLINE void dots_block(const int RB, const float *q, int64_t D,
+                                     const float *k, int64_t ks, int64_t nk, float *s,
+                                     int64_t ld)
+{
+    const float *k0 = k, *k1 = nk > 1 ? k + ks : k, *k2 = nk > 2 ? k + 2 * ks : k,
+                *k3 = nk > 3 ? k + 3 * ks : k;
+    __m256 acc[2][4];
+    for (int r = 0; r < RB; r++)
+        for (int i = 0; i < 4; i++)
+            acc[r][i] = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+        __m256 x2 = _mm256_loadu_ps(k2 + d), x3 = _mm256_loadu_ps(k3 + d);
+        for (int r = 0; r < RB; r++) {
+            __m256 qv = _mm256_loadu_ps(q + r * D + d);
+            acc[r][0] = _mm256_fmadd_ps(x0, qv, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x1, qv, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(x2, qv, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(x3, qv, acc[r][3]);
+        }
+    }
+    if (d < D) {
+        __m256i m = tail8(D - d);
+        __m256 x0 = _mm256_maskload_ps(k0 + d, m), x1 = _mm256_maskload_ps(k1 + d, m);
+        __m256 x2 = _mm256_maskload_ps(k2 + d, m), x3 = _mm256_maskload_ps(k3 + d, m);
+        for (int r = 0; r < RB; r++) {
+            __m256 qv = _mm256_maskload_ps(q + r * D + d, m);
+            acc[r][0] = _mm256_fmadd_ps(x0, qv, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x1, qv, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(x2, qv, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(x3, qv, acc[r][3]);
+        }
+    }
+    for (int r = 0; r < RB; r++) {
+        __m128 sums = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+        if (nk >= 4) {
+            _mm_storeu_ps(s + r * ld, sums);
+        } else {
+            float t[4];
+            _mm_storeu_ps(t, sums);
+            for (int64_t i = 0; i < nk; i++)
+                s[r * ld + i] = t[i];
+        }
+    }
+}
+
+/* As in decode_ops_avx512.c: every cache line of n rows, line by line
+ * across the rows, into L1. */
+static ALWAYS_INLINE void prefetch_rows(const float *pf, int64_t st, int64_t n, int64_t len)
+{
+    if (pf == NULL)
+        return;
+    for (int64_t d = 0; d < len; d += 16, pf += 16)
+        for (int64_t i = 0; i < n; i++)
+            _mm_prefetch((const char *)(pf + i * st), _MM_HINT_T0);
+}
+
+static ALWAYS_INLINE void dots_head(const float *q, int64_t R, int64_t D, const float *k,
+                                    int64_t ks, int64_t nk, float *s, int64_t ld)
+{
+    for (int64_t i = 0; i < nk; i += 4) {
+        int64_t n = nk - i < 4 ? nk - i : 4;
+        const float *ki = k + i * ks;
+        int64_t r = 0;
+        for (; r + 2 <= R; r += 2)
+            dots_block(2, q + r * D, D, ki, ks, n, s + r * ld + i, ld);
+        if (r < R)
+            dots_block(1, q + r * D, D, ki, ks, n, s + r * ld + i, ld);
+    }
+}
+
+/* RB (<= 2) accumulator rows x 32 columns starting at column d. FULL: all
+ * 32 columns exist, plain loads; else the Dv tail, masked. */
+static ALWAYS_INLINE void accum_block(const int RB, const int FULL, const float *p,
+                                      int64_t ld, const float *v, int64_t vs, int64_t nk,
+                                      int64_t Dv, int64_t d, float *acc)
+{
+    v += d; /* rebased once: base register + constant addresses (see avx512) */
+    acc += d;
+    __m256i m[4];
+    __m256 a[2][4];
+    for (int c = 0; c < 4; c++)
+        m[c] = FULL ? _mm256_set1_epi32(-1) : tail8(Dv - d - 8 * c);
+#define LOAD(ptr, c) (FULL ? _mm256_loadu_ps(ptr) : _mm256_maskload_ps(ptr, m[c]))
+    for (int r = 0; r < RB; r++)
+        for (int c = 0; c < 4; c++)
+            a[r][c] = LOAD(acc + r * Dv + 8 * c, c);
+    for (int64_t i = 0; i < nk; i++) {
+        const float *vi = v + i * vs;
+        __m256 x[4];
+        for (int c = 0; c < 4; c++)
+            x[c] = LOAD(vi + 8 * c, c);
+        for (int r = 0; r < RB; r++) {
+            __m256 w = _mm256_broadcast_ss(p + r * ld + i);
+            for (int c = 0; c < 4; c++)
+                a[r][c] = _mm256_fmadd_ps(x[c], w, a[r][c]);
+        }
+    }
+#undef LOAD
+    for (int r = 0; r < RB; r++)
+        for (int c = 0; c < 4; c++) {
+            if (FULL)
+                _mm256_storeu_ps(acc + r * Dv + 8 * c, a[r][c]);
+            else
+                _mm256_maskstore_ps(acc + r * Dv + 8 * c, m[c], a[r][c]);
+        }
+}
+
+static ALWAYS_INLINE void accum_rows(const int FULL, const float *p, int64_t ld, int64_t R,
+                                     const float *v, int64_t vs, int64_t nk, int64_t Dv,
+                                     int64_t d, float *acc)
+{
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2)
+        accum_block(2, FULL, p + r * ld, ld, v, vs, nk, Dv, d, acc + r * Dv);
+    if (r < R)
+        accum_block(1, FULL, p + r * ld, ld, v, vs, nk, Dv, d, acc + r * Dv);
+}
+
+static ALWAYS_INLINE void accum_head(const float *p, int64_t ld, int64_t R, const float *v,
+                                     int64_t vs, int64_t nk, int64_t Dv, float *acc)
+{
+    int64_t d = 0;
+    for (; d + 32 <= Dv; d += 32)
+        accum_rows(1, p, ld, R, v, vs, nk, Dv, d, acc);
+    if (d < Dv)
+        accum_rows(0, p, ld, R, v, vs, nk, Dv, d, acc);
+}
+
+/* All heads of a group, inlined with the caller's D and nk and with the
+ * common case's constants (a full group of 4 keys at D = 64, 128, 256), as
+ * in decode_ops_avx512.c. */
+static ALWAYS_INLINE void dots_heads(const int64_t D, const int64_t nk, const mattn__dec_heads *w,
+                                     int64_t j, const float *k, int64_t ks, int64_t kh,
+                                     const float *pf)
+{
+    for (int64_t h = 0; h < w->n; h++) {
+        prefetch_rows(pf ? pf + h * kh : NULL, ks, nk, D);
+        dots_head(w->q + h * w->R * D, w->R, D, k + h * kh, ks, nk,
+                  w->s + h * w->R * w->ld + j, w->ld);
+    }
+}
+
+static ALWAYS_INLINE void accum_heads(const int64_t Dv, const int64_t nk,
+                                      const mattn__dec_heads *w, int64_t j, const float *v,
+                                      int64_t vs, int64_t vh, const float *pf)
+{
+    for (int64_t h = 0; h < w->n; h++) {
+        prefetch_rows(pf ? pf + h * vh : NULL, vs, nk, Dv);
+        accum_head(w->s + h * w->R * w->ld + j, w->ld, w->R, v + h * vh, vs, nk, Dv,
+                   w->acc + h * w->R * Dv);
+    }
+}
+
+static void dots_avx2(const mattn__dec_heads *w, int64_t j, const float *k, int64_t ks,
+                      int64_t kh, int64_t nk, const float *pf)
+{
+    switch (nk == 4 ? w->D : 0) {
+    case 64: dots_heads(64, 4, w, j, k, ks, kh, pf); break;
+    case 128: dots_heads(128, 4, w, j, k, ks, kh, pf); break;
+    case 256: dots_heads(256, 4, w, j, k, ks, kh, pf); break;
+    default: dots_heads(w->D, nk, w, j, k, ks, kh, pf); break;
+    }
+}
+
+static void accum_avx2(const mattn__dec_heads *w, int64_t j, const float *v, int64_t vs,
+                       int64_t vh, int64_t nk, const float *pf)
+{
+    switch (nk == 4 ? w->Dv : 0) {
+    case 64: accum_heads(64, 4, w, j, v, vs, vh, pf); break;
+    case 128: accum_heads(128, 4, w, j, v, vs, vh, pf); break;
+    case 256: accum_heads(256, 4, w, j, v, vs, vh, pf); break;
+    default: accum_heads(w->Dv, nk, w, j, v, vs, vh, pf); break;
+    }
+}
+
+const mattn__dec_ops mattn__dec_ops_avx2 = {
+    .name = "avx2",
+    .dots = dots_avx2,
+    .accum = accum_avx2,
+};
