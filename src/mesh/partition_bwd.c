@@ -52,14 +52,21 @@ int mattn__dist_grad_check(const mattn__dist *d, const mattn_tensor *q, const ma
     return MATTN_OK;
 }
 
+double *mattn__dist_dsinks_ws(const mattn_dist_shape *shape)
+{
+    double *ws = malloc(((size_t)shape->q_heads + 1) * sizeof *ws);
+    if (ws == NULL)
+        mattn__fail(MATTN_ERR_NOMEM, "cannot allocate %lld doubles for dsinks",
+                    (long long)shape->q_heads);
+    return ws;
+}
+
 int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
-                           const mattn_shard *sh, const float *local, float *dsinks)
+                           const mattn_shard *sh, const float *local, double *sum,
+                           float *dsinks)
 {
     /* double: the terms of one head come from every rank. */
-    double *sum = calloc((size_t)shape->q_heads + 1, sizeof *sum);
-    if (sum == NULL)
-        return mattn__fail(MATTN_ERR_NOMEM, "cannot allocate %lld doubles for dsinks",
-                           (long long)shape->q_heads);
+    memset(sum, 0, sizeof *sum * (size_t)shape->q_heads);
     for (int64_t h = 0; local && h < sh->q_head_count; h++)
         sum[sh->q_head_start + h] = local[h];
     int rc = MATTN_OK;
@@ -68,7 +75,6 @@ int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
         rc = mattn__fail(MATTN_ERR_MPI, "MPI_Allreduce of dsinks failed");
     for (int64_t h = 0; rc == MATTN_OK && h < shape->q_heads; h++)
         dsinks[h] = (float)sum[h];
-    free(sum);
     return rc;
 }
 
@@ -125,6 +131,7 @@ int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, matt
                                     opts, ring, NULL);
     mattn__dist d;
     float *ds_local = NULL, *db_local = NULL;
+    double *ds_sum = NULL;
     int rc = mattn__dist_prepare(m, shape, q, k, v, o, (float *)lse, opts, &d);
     if (rc == MATTN_OK)
         rc = mattn__dist_grad_check(&d, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias, opts);
@@ -141,6 +148,8 @@ int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, matt
         if (ds_local == NULL)
             rc = mattn__fail(MATTN_ERR_NOMEM, "cannot allocate the local dsinks");
     }
+    if (rc == MATTN_OK && dsinks && (ds_sum = mattn__dist_dsinks_ws(shape)) == NULL)
+        rc = MATTN_ERR_NOMEM;
     if (rc == MATTN_OK && d.active && dbias) {
         int64_t lb = opts->bias.batch == 1 ? 1 : d.shard.batch_count;
         int64_t lh = opts->bias.heads == 1 ? 1 : d.shard.q_head_count;
@@ -173,11 +182,12 @@ int mattn_mesh_backward(const mattn_mesh *m, const mattn_dist_shape *shape, matt
     if ((rc = mattn__mesh_agree(m, rc)))
         goto done;
     if (dsinks)
-        rc = mattn__dist_sum_dsinks(m, shape, &d.shard, ds_local, dsinks);
+        rc = mattn__dist_sum_dsinks(m, shape, &d.shard, ds_local, ds_sum, dsinks);
     if (rc == MATTN_OK && dbias)
         rc = sum_dbias(m, shape, &d, opts, db_local, dbias);
     rc = mattn__mesh_agree(m, rc);
 done:
+    free(ds_sum);
     mattn__scratch_put(ds_local);
     mattn__scratch_put(db_local);
     return rc;

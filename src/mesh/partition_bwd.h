@@ -25,11 +25,17 @@ int mattn__dist_grad_check(const mattn__dist *d, const mattn_tensor *q, const ma
                            const mattn_tensor *dk, const mattn_tensor *dv,
                            const float *dsinks, const float *dbias, const mattn_options *opts);
 
+/* The workspace of mattn__dist_sum_dsinks: Hq + 1 doubles, allocated
+ * before the call's agreement (a failure after it would leave the other
+ * ranks in the sum). NULL with a message when out of memory. */
+double *mattn__dist_dsinks_ws(const mattn_dist_shape *shape);
+
 /* Collective over the mesh: dsinks [Hq] (global) from this rank's [Hq_l]
  * contribution `local` at q head q_head_start (NULL or Hq_l = 0: none),
- * summed in double over every rank. */
+ * summed in double over every rank in ws (from mattn__dist_dsinks_ws). */
 int mattn__dist_sum_dsinks(const mattn_mesh *m, const mattn_dist_shape *shape,
-                           const mattn_shard *sh, const float *local, float *dsinks);
+                           const mattn_shard *sh, const float *local, double *ws,
+                           float *dsinks);
 
 /* Collective over the mesh: the global dbias [bias.batch, bias.heads, T, S]
  * in place, each rank holding its contributions and zeros elsewhere, summed

@@ -36,6 +36,7 @@
  * Errors: everything is checked and agreed (one allreduce) before the first
  * message; a kernel failure later stops the compute but not the hops, and a
  * final agreement gives every rank the same status. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/scratch.h"
@@ -276,6 +277,9 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
         rc = mattn__fail(MATTN_ERR_ARG, "unknown ring communication mode %d", (int)ro.comm);
     if (rc == MATTN_OK && d.active)
         rc = setup(&x, m, shape, &d, dout, dq, dsinks != NULL, dbias, opts, &ro);
+    double *ds_sum = NULL;
+    if (rc == MATTN_OK && dsinks && (ds_sum = mattn__dist_dsinks_ws(shape)) == NULL)
+        rc = MATTN_ERR_NOMEM;
     int tag = MATTN_OP_RING | MATTN__AGREE_BACKWARD | (dsinks ? MATTN__AGREE_DSINKS : 0) |
               (dbias ? MATTN__AGREE_DBIAS : 0);
     rc = mattn__dist_agree(m, rc, shape, q, v, opts, (mattn_op)tag, &ro);
@@ -291,10 +295,11 @@ int mattn__ring_backward(const mattn_mesh *m, const mattn_dist_shape *shape,
         /* Presence of dsinks / dbias is agreed: all ranks enter a sum or none. */
         if (rc == MATTN_OK && dsinks)
             rc = mattn__mesh_agree(
-                m, mattn__dist_sum_dsinks(m, shape, &d.shard, x.ds_local, dsinks));
+                m, mattn__dist_sum_dsinks(m, shape, &d.shard, x.ds_local, ds_sum, dsinks));
         if (rc == MATTN_OK && dbias)
             rc = mattn__mesh_agree(m, mattn__dist_sum_dbias(m, shape, opts, dbias));
     }
+    free(ds_sum);
     mattn__wire_report(&x.wire, x.steps, x.kernel_calls, x.seconds_compute, t_start, stats);
     teardown(&x);
     return rc;
