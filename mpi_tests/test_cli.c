@@ -605,10 +605,16 @@ static void test_huge_sizes(void **state)
         EXPECT_ERROR(key_cache, "decode", "--op", cache[x], "--batch", "1048576", "--kv-len",
                      "2147483647", "--heads", "65536", "--kv-heads", "65536", "--dim", "65536",
                      "--quiet");
-    EXPECT_ERROR("MATTN_ERR_NOMEM: the value cache [2147483648, 1048576, 1, 65536] is too large",
+    EXPECT_ERROR("MATTN_ERR_NOMEM: the value cache [2097152, 1048576, 16, 65536] is too large",
+                 "decode", "--op", "paged", "--batch", "1024", "--kv-len", "2147483647",
+                 "--page-size", "1048576", "--heads", "16", "--kv-heads", "16", "--dim", "1",
+                 "--dv", "65536", "--quiet");
+    /* page ids are int32: a pool of 2^31 pages cannot be named */
+    EXPECT_ERROR("MATTN_ERR_SHAPE: the synthetic page pool would need 1048576 x 2048 pages, more "
+                 "than int32 page ids can name",
                  "decode", "--op", "paged", "--batch", "1048576", "--kv-len", "2147483647",
                  "--page-size", "1048576", "--heads", "1", "--kv-heads", "1", "--dim", "1",
-                 "--dv", "65536", "--quiet");
+                 "--quiet");
 }
 
 /* ------------------------------------------------------------------ synthetic */

@@ -493,7 +493,11 @@ static int make_synthetic(const dec_config *c, dec_problem *p)
     if (paged) {
         p->ps = c->page_size;
         p->mp = (c->kv_len + p->ps - 1) / p->ps;
-        p->npages = p->B * p->mp;
+        /* page ids are int32 (SPEC: page tables are int32) */
+        if (__builtin_mul_overflow(p->B, p->mp, &p->npages) || p->npages > INT32_MAX)
+            return mattn__fail(MATTN_ERR_SHAPE, "the synthetic page pool would need %lld x "
+                               "%lld pages, more than int32 page ids can name",
+                               (long long)p->B, (long long)p->mp);
     } else {
         p->S = c->kv_len;
     }

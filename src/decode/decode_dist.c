@@ -452,8 +452,9 @@ int mattn_paged_forward_mesh(const mattn_mesh *mesh, const mattn_tensor *q,
         int local = ranges && minev ? MATTN_OK
                                     : mattn__fail(MATTN_ERR_NOMEM, "decode: out of memory");
         /* an allocation failure must not leave the group half in a collective */
-        int worst;
-        MPI_Allreduce(&local, &worst, 1, MPI_INT, MPI_MIN, mesh->sp_comm);
+        int worst = MATTN_ERR_MPI;
+        if (MPI_Allreduce(&local, &worst, 1, MPI_INT, MPI_MIN, mesh->sp_comm) != MPI_SUCCESS)
+            local = mattn__fail(MATTN_ERR_MPI, "decode: MPI_Allreduce failed");
         if (worst == MATTN_OK) {
             for (int64_t s = 0; s < ns; s++) {
                 minev[2 * s] = cache->kv_starts ? cache->kv_starts[s] : 0;
