@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common/testlib.h"
 #include "decode/decode.h"
@@ -540,6 +542,108 @@ static void test_inner_loops(void **state)
         skip();
 }
 
+/* n floats (n >= 1) whose last one is the last before a PROT_NONE page, so
+ * a read or write past any buffer faults; freed with unguard. */
+static float *guarded(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), bytes = n * sizeof(float);
+    size_t span = (bytes + pg - 1) / pg * pg;
+    char *base = mmap(NULL, span + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    assert_true(base != MAP_FAILED);
+    assert_int_equal(mprotect(base + span, pg, PROT_NONE), 0);
+    return (float *)(base + span - bytes);
+}
+
+static void unguard(float *x, size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), bytes = n * sizeof(float);
+    size_t span = (bytes + pg - 1) / pg * pg;
+    munmap((char *)x + bytes - span, span + pg);
+}
+
+/* The contract at its edges: q, K, V rows packed with no slack, logits with
+ * no spare column, every buffer ending at a PROT_NONE page, and the prefetch
+ * hint pointing INTO one (it must never be dereferenced). A masked tail that
+ * loads a whole vector, or a store past the group, faults here where the
+ * padded buffers of test_inner_loops hide it. */
+static void check_guarded(const mattn__dec_ops *ops)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    const float *hint = mmap(NULL, pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(hint != MAP_FAILED);
+    tl_rng rng = tl_rng_make(801);
+    const int64_t Ds[] = {1, 7, 8, 9, 16, 17, 63, 64, 127, 128, 129, 256, 257};
+    const int64_t Dvs[] = {1, 9, 24, 33, 128, 129};
+    const int64_t H = 2, j = 3;
+    for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++)
+        for (size_t vi = 0; vi < sizeof Dvs / sizeof Dvs[0]; vi++)
+            for (int64_t R = 1; R <= 5; R++)
+                for (int64_t nk = 1; nk <= 9; nk += nk < 5 ? 1 : 4) {
+                    const int64_t D = Ds[di], Dv = Dvs[vi], ld = j + nk;
+                    const size_t nq = (size_t)(H * R * D), nkk = (size_t)(nk * H * D),
+                                 nv = (size_t)(nk * H * Dv), ns = (size_t)(H * R * ld),
+                                 na = (size_t)(H * R * Dv);
+                    float *q = guarded(nq), *k = guarded(nkk), *v = guarded(nv);
+                    float *sc = guarded(ns), *acc = guarded(na);
+                    double *acc0 = malloc(sizeof(double) * na);
+                    assert_non_null(acc0);
+                    tl_fill(&rng, q, (int64_t)nq, 1.0);
+                    tl_fill(&rng, k, (int64_t)nkk, 1.0);
+                    tl_fill(&rng, v, (int64_t)nv, 1.0);
+                    tl_fill(&rng, acc, (int64_t)na, 1.0);
+                    for (size_t i = 0; i < na; i++)
+                        acc0[i] = acc[i];
+                    for (size_t i = 0; i < ns; i++)
+                        sc[i] = 42.0f;
+                    mattn__dec_heads w = {.n = H, .R = R, .D = D, .Dv = Dv, .ld = ld,
+                                          .q = q, .s = sc, .acc = acc};
+                    ops->dots(&w, j, k, H * D, D, nk, hint);
+                    ops->accum(&w, j, v, H * Dv, Dv, nk, hint);
+                    for (int64_t row = 0; row < H * R; row++) {
+                        int64_t h = row / R;
+                        for (int64_t c = 0; c < j; c++)
+                            assert_true(sc[row * ld + c] == 42.0f);
+                        for (int64_t i = 0; i < nk; i++) {
+                            double dot = 0, mag = 0;
+                            for (int64_t d = 0; d < D; d++) {
+                                double t = (double)q[row * D + d] * k[(i * H + h) * D + d];
+                                dot += t, mag += fabs(t);
+                            }
+                            tl_assert_close(sc[row * ld + j + i], dot,
+                                            (D + 2) * mag / 16777216.0, "%s guarded dot D=%lld",
+                                            ops->name, (long long)D);
+                        }
+                        for (int64_t d = 0; d < Dv; d++) {
+                            double want = acc0[row * Dv + d], mag = fabs(want);
+                            for (int64_t i = 0; i < nk; i++) {
+                                double t = (double)sc[row * ld + j + i] * v[(i * H + h) * Dv + d];
+                                want += t, mag += fabs(t);
+                            }
+                            tl_assert_close(acc[row * Dv + d], want,
+                                            2.0 * (double)(nk + 1) * mag / 16777216.0,
+                                            "%s guarded accum Dv=%lld R=%lld nk=%lld", ops->name,
+                                            (long long)Dv, (long long)R, (long long)nk);
+                        }
+                    }
+                    free(acc0);
+                    unguard(q, nq), unguard(k, nkk), unguard(v, nv);
+                    unguard(sc, ns), unguard(acc, na);
+                }
+    munmap((void *)hint, pg);
+}
+
+static void test_inner_loops_guarded(void **state)
+{
+    (void)state;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+        check_guarded(&mattn__dec_ops_avx512);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_guarded(&mattn__dec_ops_avx2);
+    check_guarded(&mattn__dec_ops_portable);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -554,6 +658,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_optional_outputs),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_inner_loops),
+        cmocka_unit_test(test_inner_loops_guarded),
     };
     int failed = tl_run_spread("decode", tests, sizeof tests / sizeof tests[0]);
     MPI_Finalize();
