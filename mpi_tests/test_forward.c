@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/cases.h"
 
@@ -89,6 +90,61 @@ static void test_empty_sizes(void **state)
     p = tc_seeded(22, 1, 0, 5, 2, 2, 8, 8);
     check_all_ops(&p, "t");
     tc_free(&p);
+}
+
+/* K and V rows 2^31 + 8 floats apart (rows of a huge mapped buffer): a
+ * legal layout BLAS cannot address with an int leading dimension, so every
+ * operator must copy the rows rather than pass a truncated stride (vanilla
+ * did, and returned OK with a wrong answer). Only the touched pages exist. */
+static void test_huge_kv_stride(void **state)
+{
+    (void)state;
+    enum { S = 3, D = 4, H = 2 };
+    const int64_t ss = ((int64_t)1 << 31) + 8;
+    size_t bytes = sizeof(float) * (size_t)(ss * (S - 1) + H * D);
+    float *big = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (big == MAP_FAILED)
+        skip(); /* no address space for it here */
+    float q[H * D], kv[S][H * D];
+    tl_rng r = tl_rng_make(77);
+    tl_fill(&r, q, H * D, 1.0);
+    tl_fill(&r, &kv[0][0], S * H * D, 1.0);
+    for (int j = 0; j < S; j++)
+        memcpy(big + j * ss, kv[j], sizeof kv[j]);
+    mattn_tensor tq = mattn_tensor_bthd(q, 1, 1, H, D);
+    mattn_tensor tk = {big, 1, S, H, D, ss * S, ss, D}; /* K and V share the rows */
+    const double scale = 1.0 / sqrt((double)D);
+    for (int op = 0; op < N_OPS; op++) {
+        float o[H * D], lse[H];
+        mattn_tensor to = mattn_tensor_bthd(o, 1, 1, H, D);
+        mattn_options opts = mattn_options_default();
+        int rc = !strcmp(OPS[op], "vanilla") ? mattn_vanilla_forward(&tq, &tk, &tk, &to, lse,
+                                                                     NULL, &opts)
+                 : !strcmp(OPS[op], "flash") ? mattn_flash_forward(&tq, &tk, &tk, &to, lse, &opts)
+                                             : mattn_sdpa_forward(&tq, &tk, &tk, &to, lse, &opts,
+                                                                  NULL);
+        assert_int_equal(rc, MATTN_OK);
+        for (int h = 0; h < H; h++) {
+            double s[S], m = -INFINITY, l = 0;
+            for (int j = 0; j < S; j++) {
+                s[j] = 0;
+                for (int d = 0; d < D; d++)
+                    s[j] += (double)q[h * D + d] * kv[j][h * D + d] * scale;
+                m = s[j] > m ? s[j] : m;
+            }
+            for (int j = 0; j < S; j++)
+                l += exp(s[j] - m);
+            tl_assert_close(lse[h], m + log(l), 1e-5, "%s lse", OPS[op]);
+            for (int d = 0; d < D; d++) {
+                double want = 0;
+                for (int j = 0; j < S; j++)
+                    want += exp(s[j] - m) / l * kv[j][h * D + d];
+                tl_assert_close(o[h * D + d], want, 1e-5, "%s o", OPS[op]);
+            }
+        }
+    }
+    munmap(big, bytes);
 }
 
 /* ------------------------------------------------------------------ masks */
@@ -476,6 +532,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_scale),
         cmocka_unit_test(test_lengths),
         cmocka_unit_test(test_empty_sizes),
+        cmocka_unit_test(test_huge_kv_stride),
         cmocka_unit_test(test_causal_offsets),
         cmocka_unit_test(test_window),
         cmocka_unit_test(test_chunk),

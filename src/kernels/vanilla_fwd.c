@@ -14,6 +14,7 @@
 #include "core/scratch.h"
 #include "core/status.h"
 #include "kernels/kernels.h"
+#include "kernels/blockwise.h"
 #include "kernels/rows.h"
 
 /* Logit panel of at most ~16 MiB per worker. */
@@ -62,16 +63,16 @@ static void vanilla_task(void *vctx, int64_t task, int worker)
     const float *k = p->k + b * p->k_sb + hk * p->k_sh;
     const float *v = p->v + b * p->v_sb + hk * p->v_sh;
     int64_t ldk = p->k_ss, ldv = p->v_ss;
-    /* Sequence strides below the row length (e.g. 0, a broadcast) are not
-     * BLAS-addressable: gather K and V into dense rows first. */
+    /* Sequence strides below the row length (e.g. 0, a broadcast) or beyond
+     * an int are not BLAS-addressable: gather K and V into dense rows first. */
     float *dense = obuf + c->panel * Dv;
-    if (ldk < D) {
+    if (!mattn__blas_rows_ok(ldk, D)) {
         for (int64_t j = 0; j < S; j++)
             memcpy(dense + j * D, k + j * ldk, sizeof(float) * (size_t)D);
         k = dense, ldk = D;
         dense += S * D;
     }
-    if (ldv < Dv) {
+    if (!mattn__blas_rows_ok(ldv, Dv)) {
         for (int64_t j = 0; j < S; j++)
             memcpy(dense + j * Dv, v + j * ldv, sizeof(float) * (size_t)Dv);
         v = dense, ldv = Dv;
@@ -123,7 +124,8 @@ int mattn__vanilla_forward_kernel(const mattn__problem *p, float *weights)
         c.panel = 1;
     if (c.panel > p->T)
         c.panel = p->T;
-    int64_t dense = (p->k_ss < p->D ? S * p->D : 0) + (p->v_ss < p->Dv ? S * p->Dv : 0);
+    int64_t dense = (mattn__blas_rows_ok(p->k_ss, p->D) ? 0 : S * p->D) +
+                    (mattn__blas_rows_ok(p->v_ss, p->Dv) ? 0 : S * p->Dv);
     size_t bytes = sizeof(float) * (size_t)(c.panel * (S + p->D + p->Dv) + dense);
     int64_t ntasks = p->B * p->Hq;
     int threads = p->threads < ntasks ? p->threads : (int)ntasks;
