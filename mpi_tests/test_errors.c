@@ -473,6 +473,15 @@ static void test_overlapping_output(void **state)
     f.to.stride_head = 4; /* heads overlap by half a row */
     expect_error(&f, MATTN_ERR_ARG, "o", "o heads overlap (stride_head < Dv)");
     f.to = mattn_tensor_bthd(f.o, 2, 5, 4, 8);
+    /* o[1, 0] and o[0, 1] are one element; the span of the seq dim is past
+     * INT64_MAX (the check overflowed and missed it) */
+    f.to.stride_batch = f.to.stride_seq = (int64_t)1 << 62;
+    expect_error(&f, MATTN_ERR_ARG, "overlap", "o batch and seq strides both 2^62");
+    f.to = mattn_tensor_bthd(f.o, 2, 5, 4, 8);
+    /* no element (batch 0), but sizes whose product does not fit int64 */
+    f.tq = mattn_tensor_bthd(f.q, 0, (int64_t)1 << 40, (int64_t)1 << 40, (int64_t)1 << 40);
+    expect_error(&f, MATTN_ERR_SHAPE, "too many elements", "empty q of 2^120 elements");
+    f.tq = mattn_tensor_bthd(f.q, 2, 5, 4, 8);
     f.opts.threads = 1 << 20;
     expect_error(&f, MATTN_ERR_ARG, "threads", "threads beyond the cap");
     f.opts.threads = 0;

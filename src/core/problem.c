@@ -26,11 +26,14 @@ static int check_tensor(const char *name, const mattn_tensor *t)
                            (long long)t->heads, (long long)t->dim);
     if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0)
         return mattn__fail(MATTN_ERR_ARG, "%s has a negative stride", name);
-    int64_t n;
-    if (__builtin_mul_overflow(t->batch, t->seq, &n) ||
-        __builtin_mul_overflow(n, t->heads, &n) ||
-        __builtin_mul_overflow(n, t->dim, &n))
-        return mattn__fail(MATTN_ERR_SHAPE, "%s has too many elements", name);
+    /* The nonzero sizes must multiply without overflow even when another is
+     * 0 (as NumPy requires): later code multiplies them in other orders. */
+    int64_t n = 1, dims[4] = {t->batch, t->seq, t->heads, t->dim};
+    for (int x = 0; x < 4; x++)
+        if (dims[x] > 0 && __builtin_mul_overflow(n, dims[x], &n))
+            return mattn__fail(MATTN_ERR_SHAPE, "%s has too many elements", name);
+    if (t->batch == 0 || t->seq == 0)
+        n = 0;
     if (n > 0 && t->data == NULL)
         return mattn__fail(MATTN_ERR_ARG, "%s->data is NULL", name);
     return MATTN_OK;
@@ -59,7 +62,11 @@ int mattn__tensor_overlaps(const mattn_tensor *t)
             continue;
         if (s[a] < span)
             return 1;
-        span = s[a] * (n[a] - 1) + span;
+        /* saturates: an extent past INT64_MAX cannot hold another dim */
+        int64_t ext;
+        if (__builtin_mul_overflow(s[a], n[a] - 1, &ext) ||
+            __builtin_add_overflow(ext, span, &span))
+            span = INT64_MAX;
     }
     return 0;
 }
