@@ -268,7 +268,66 @@ static void test_lengths(void **state)
     tc_problem p = tc_seeded(30, 0, 5, 5, 2, 2, 8, 8); /* B = 0 */
     check_configs(&p, tm_causal(0), "B = 0");
     tc_free(&p);
+    /* The largest blocks allowed on a tiny problem: one block of the length
+     * (they used to take 4 GiB for the tile and 16 GiB of workspace). */
+    static const run_cfg huge[] = {{65536, 65536, 't', 1, 0, 0}, {65536, 65536, 'h', 1, 1, 0},
+                                   {65536, 3, 't', 2, 1, 0}};
+    p = tc_seeded(31, 2, 4, 5, 2, 1, 8, 8);
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++)
+        check_splash(&p, tm_causal(0), &huge[i], "blocks beyond the lengths");
+    tc_free(&p);
     tm_free_all();
+}
+
+/* No batch entry at lengths 2^33: nothing to compute and nothing sized by
+ * T or S, for every front door, forward and backward (splash built its
+ * mask info first and ran for hours; sdpa chose through an overflowed
+ * T * S; vanilla backward sized its workspace by S). A mask info that big
+ * is refused at once. */
+static void test_empty_batch_huge_lengths(void **state)
+{
+    (void)state;
+    const int64_t L = (int64_t)1 << 33;
+    mattn_tensor q = mattn_tensor_bthd(NULL, 0, L, 2, 8), k = mattn_tensor_bthd(NULL, 0, L, 1, 8);
+    mattn_tensor o = q, dout = q, dq = q, dk = k, dv = k;
+    float sinks[2] = {0.5f, -1.0f}, dsinks[2] = {7, 7}, lse[1] = {0};
+    mattn_options opts = mattn_options_default();
+    opts.causal = 1;
+    opts.sinks = sinks;
+    assert_int_equal(mattn_vanilla_forward(&q, &k, &k, &o, NULL, NULL, &opts), MATTN_OK);
+    assert_int_equal(mattn_flash_forward(&q, &k, &k, &o, NULL, &opts), MATTN_OK);
+    assert_int_equal(mattn_sdpa_forward(&q, &k, &k, &o, NULL, &opts, NULL), MATTN_OK);
+    assert_int_equal(mattn_splash_forward(&q, &k, &k, &o, NULL, NULL, &opts), MATTN_OK);
+    for (int op = 0; op < 4; op++) {
+        dsinks[0] = dsinks[1] = 7;
+        int rc = op == 0   ? mattn_vanilla_backward(&q, &k, &k, &o, lse, &dout, &dq, &dk, &dv,
+                                                    dsinks, NULL, &opts)
+                 : op == 1 ? mattn_flash_backward(&q, &k, &k, &o, lse, &dout, &dq, &dk, &dv,
+                                                  dsinks, NULL, &opts)
+                 : op == 2 ? mattn_sdpa_backward(&q, &k, &k, &o, lse, &dout, &dq, &dk, &dv,
+                                                 dsinks, NULL, &opts, NULL)
+                           : mattn_splash_backward(&q, &k, &k, &o, lse, &dout, &dq, &dk, &dv,
+                                                   dsinks, NULL, NULL, &opts);
+        if (rc != MATTN_OK)
+            fail_msg("backward %d with B = 0: %s", op, mattn_last_error());
+        assert_true(dsinks[0] == 0.0f && dsinks[1] == 0.0f); /* a sum over no rows */
+    }
+    mattn_splash_mask *causal;
+    assert_int_equal(mattn_splash_mask_causal(0, &causal), MATTN_OK);
+    mattn_splash_info_options io = mattn_splash_info_options_default();
+    mattn_splash_info *info = NULL;
+    assert_int_equal(mattn_splash_info_create(causal, L, L, &io, &info), MATTN_ERR_SHAPE);
+    assert_non_null(strstr(mattn_last_error(), "use larger blocks"));
+    assert_null(info);
+    /* blocks beyond the lengths are the lengths (one block each way) */
+    io.block_q = io.block_kv = 65536;
+    assert_int_equal(mattn_splash_info_create(causal, 4, 5, &io, &info), MATTN_OK);
+    mattn_splash_info_stats st;
+    mattn_splash_info_describe(info, &st);
+    assert_int_equal(st.block_q, 4);
+    assert_int_equal(st.block_kv, 5);
+    mattn_splash_info_free(info);
+    mattn_splash_mask_free(causal);
 }
 
 /* Rows that see nothing: o exactly 0 and lse exactly -inf (or the sink). */
@@ -650,6 +709,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_offsets),
         cmocka_unit_test(test_gqa_mqa),
         cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_empty_batch_huge_lengths),
         cmocka_unit_test(test_fully_masked_rows),
         cmocka_unit_test(test_equals_flash),
         cmocka_unit_test(test_mask_from_options),

@@ -79,6 +79,10 @@ static inline const mattn__dbias_view *mattn__bwd_dbias_view(const mattn__bwd_pr
 /* Adds the private dbias buffers into the output and frees what prepare took. */
 void mattn__bwd_finish(const mattn__problem *p, const mattn__grad *g, mattn__bwd_prep *prep);
 
+/* The whole backward of a problem with no batch entry (B = 0): dsinks and
+ * dbias as prepare leaves them, nothing else, no workspace sized by T or S. */
+int mattn__bwd_empty(const mattn__problem *p, const mattn__grad *g);
+
 /* n rows of `dim` floats: dst row r (at dst + r * dst_stride) = alpha * src
  * row r (at src + r * src_stride), or += with accumulate. */
 void mattn__bwd_store_rows(float *dst, int64_t dst_stride, const float *src,

@@ -359,13 +359,8 @@ int mattn_splash_info_create(const mattn_splash_mask *mask, int64_t q_len, int64
     bd.info = info;
     info->T = q_len, info->S = kv_len;
     info->q_offset = opts->q_offset, info->kv_offset = opts->kv_offset;
-    /* Default blocks never exceed the length (q length 1 gives 1-row blocks). */
-    info->bq = opts->block_q ? opts->block_q
-                             : (q_len < MATTN__SPLASH_BLOCK_Q ? (q_len > 0 ? q_len : 1)
-                                                              : MATTN__SPLASH_BLOCK_Q);
-    info->bkv = opts->block_kv ? opts->block_kv
-                               : (kv_len < MATTN__SPLASH_BLOCK_KV ? (kv_len > 0 ? kv_len : 1)
-                                                                  : MATTN__SPLASH_BLOCK_KV);
+    info->bq = mattn__splash_block(opts->block_q, MATTN__SPLASH_BLOCK_Q, q_len);
+    info->bkv = mattn__splash_block(opts->block_kv, MATTN__SPLASH_BLOCK_KV, kv_len);
     info->nqb = (q_len + info->bq - 1) / info->bq;
     info->nkb = (kv_len + info->bkv - 1) / info->bkv;
     if (mask->heads > 1) {
@@ -375,12 +370,16 @@ int mattn_splash_info_create(const mattn_splash_mask *mask, int64_t q_len, int64
         info->head_first = 0;
         info->heads = 1;
     }
-    int64_t rows;
+    /* Every block is classified once: bound their number (2^31 blocks take
+     * tens of seconds to build) rather than run for days on huge lengths. */
+    int64_t rows, blocks;
     if (info->nqb > INT32_MAX || info->nkb > INT32_MAX ||
-        __builtin_mul_overflow(info->heads, info->nqb, &rows) || rows > LEN_MAX) {
+        __builtin_mul_overflow(info->heads, info->nqb, &rows) || rows > LEN_MAX ||
+        __builtin_mul_overflow(rows, info->nkb, &blocks) || blocks > INT32_MAX) {
         rc = mattn__fail(MATTN_ERR_SHAPE,
-                         "splash info: %lld x %lld blocks is too many; use larger blocks",
-                         (long long)info->nqb, (long long)info->nkb);
+                         "splash info: %lld heads x %lld x %lld blocks is too many; use "
+                         "larger blocks",
+                         (long long)info->heads, (long long)info->nqb, (long long)info->nkb);
         goto fail;
     }
     info->row_start = calloc((size_t)(rows + 1), sizeof *info->row_start);

@@ -23,6 +23,15 @@
 #define MATTN__SPLASH_BLOCK_Q 256
 #define MATTN__SPLASH_BLOCK_KV 256
 
+/* The block size an info uses for a length: the request (0: the default),
+ * never more than the length (at least 1), since a larger block is the same
+ * single block with more memory. */
+static inline int64_t mattn__splash_block(int64_t requested, int64_t dflt, int64_t len)
+{
+    int64_t b = requested ? requested : dflt, cap = len > 0 ? len : 1;
+    return b < cap ? b : cap;
+}
+
 struct mattn_splash_info {
     int64_t T, S, q_offset, kv_offset;
     int64_t bq, bkv, nqb, nkb;

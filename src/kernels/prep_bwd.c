@@ -165,3 +165,11 @@ void mattn__bwd_store_rows(float *dst, int64_t dst_stride, const float *src,
                 d[x] = alpha * s[x];
     }
 }
+
+int mattn__bwd_empty(const mattn__problem *p, const mattn__grad *g)
+{
+    mattn__bwd_prep prep;
+    int rc = mattn__bwd_prepare(p, g, 1, &prep);
+    mattn__bwd_finish(p, g, &prep);
+    return rc;
+}

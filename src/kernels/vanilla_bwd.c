@@ -181,6 +181,8 @@ static void vbwd_task(void *vctx, int64_t task, int worker)
 
 int mattn__vanilla_backward_kernel(const mattn__problem *p, const mattn__grad *g)
 {
+    if (p->B == 0)
+        return mattn__bwd_empty(p, g);
     vbwd_ctx c = {.p = p, .g = g, .vm = mattn__vecmath_get()};
     int64_t S = p->S > 0 ? p->S : 1;
     c.panel = VANILLA_BWD_PANEL_FLOATS / S;

@@ -38,8 +38,11 @@ mattn_kernel mattn__sdpa_choose(const mattn__problem *p)
     const char *force = getenv("MATTN_FORCE_REFERENCE");
     if (force && force[0] && force[0] != '0')
         return MATTN_KERNEL_VANILLA;
-    if (p->T * p->S <= SDPA_VANILLA_MAX_LOGITS)
+    int64_t logits;
+    if (!__builtin_mul_overflow(p->T, p->S, &logits) && logits <= SDPA_VANILLA_MAX_LOGITS)
         return MATTN_KERNEL_VANILLA;
+    if (p->B == 0) /* nothing to compute: no mask info to build */
+        return MATTN_KERNEL_FLASH;
     if (mattn__splash_suits(p))
         return MATTN_KERNEL_SPLASH;
     return MATTN_KERNEL_FLASH;

@@ -35,8 +35,10 @@ static int check_info(const mattn__problem *p, const mattn_splash_info *info,
     if (info->heads != 1 && info->heads != p->Hq)
         return mattn__fail(MATTN_ERR_SHAPE, "splash: per-head mask info has %lld heads, q has %lld",
                            (long long)info->heads, (long long)p->Hq);
-    if ((opts->block_q && opts->block_q != info->bq) ||
-        (opts->block_kv && opts->block_kv != info->bkv))
+    if ((opts->block_q &&
+         mattn__splash_block(opts->block_q, MATTN__SPLASH_BLOCK_Q, p->T) != info->bq) ||
+        (opts->block_kv &&
+         mattn__splash_block(opts->block_kv, MATTN__SPLASH_BLOCK_KV, p->S) != info->bkv))
         return mattn__fail(MATTN_ERR_ARG,
                            "splash: block sizes (%d, %d) requested but the mask info has "
                            "(%lld, %lld); leave them 0 or rebuild the info",
@@ -117,6 +119,10 @@ int mattn_splash_forward(const mattn_tensor *q, const mattn_tensor *k, const mat
     mattn__problem p, run;
     mattn_splash_info *info = NULL;
     int rc = mattn__problem_init(&p, q, k, v, o, lse, opts);
+    /* No batch entry: nothing to compute, and no info to build for lengths
+     * that may be huge. */
+    if (rc == MATTN_OK && p.B == 0)
+        return MATTN_OK;
     if (rc == MATTN_OK && (rc = plan_call(&p, mask, &run, &info)) == MATTN_OK)
         rc = mattn__splash_forward_kernel(&run, info);
     mattn_splash_info_free(info);
@@ -154,6 +160,8 @@ int mattn_splash_backward(const mattn_tensor *q, const mattn_tensor *k, const ma
     mattn_splash_info *info = NULL;
     int rc = mattn__backward_init(&p, &g, q, k, v, o, lse, dout, dq, dk, dv, dsinks, dbias,
                                   opts);
+    if (rc == MATTN_OK && p.B == 0) /* no info to build for lengths that may be huge */
+        return mattn__bwd_empty(&p, &g);
     if (rc == MATTN_OK && (rc = plan_call(&p, mask, &run, &info)) == MATTN_OK)
         rc = mattn__splash_backward_kernel(&run, &g, info);
     mattn_splash_info_free(info);
@@ -179,8 +187,13 @@ static int sdpa_plan(const mattn__problem *p, mattn__problem *run, mattn_splash_
     int rc = mattn__splash_problem_mask(p, &mask, &used_mask);
     if (rc || mask == NULL)
         goto done;
-    if ((rc = build_info(p, mask, info)))
+    if ((rc = build_info(p, mask, info))) {
+        /* Too many blocks to classify (lengths in the billions): flash
+         * streams any length. */
+        if (rc == MATTN_ERR_SHAPE)
+            rc = MATTN_OK;
         goto done;
+    }
     if (mattn__splash_info_density(*info) > SDPA_SPLASH_MAX_DENSITY) {
         mattn_splash_info_free(*info);
         *info = NULL;
