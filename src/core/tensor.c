@@ -1,13 +1,26 @@
 /* Constructors for the public tensor, mask and bias descriptions. */
 #include "mattn.h"
 
+/* a * b (* c), INT64_MAX when it overflows: sizes that large are refused by
+ * every call's checks, and a constructor must not overflow first. */
+static int64_t mul(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+static int64_t mul3(int64_t a, int64_t b, int64_t c)
+{
+    return mul(mul(a, b), c);
+}
+
 mattn_tensor mattn_tensor_bthd(const float *data, int64_t batch, int64_t seq,
                                int64_t heads, int64_t dim)
 {
     mattn_tensor t = {
         .data = (float *)data, .batch = batch, .seq = seq, .heads = heads,
-        .dim = dim, .stride_batch = seq * heads * dim,
-        .stride_seq = heads * dim, .stride_head = dim,
+        .dim = dim, .stride_batch = mul3(seq, heads, dim),
+        .stride_seq = mul(heads, dim), .stride_head = dim,
     };
     return t;
 }
@@ -17,8 +30,8 @@ mattn_tensor mattn_tensor_bhtd(const float *data, int64_t batch, int64_t seq,
 {
     mattn_tensor t = {
         .data = (float *)data, .batch = batch, .seq = seq, .heads = heads,
-        .dim = dim, .stride_batch = heads * seq * dim,
-        .stride_seq = dim, .stride_head = seq * dim,
+        .dim = dim, .stride_batch = mul3(heads, seq, dim),
+        .stride_seq = dim, .stride_head = mul(seq, dim),
     };
     return t;
 }
@@ -28,8 +41,8 @@ mattn_mask mattn_mask_dense(const uint8_t *data, int64_t batch, int64_t heads,
 {
     mattn_mask m = {
         .data = data, .batch = batch, .heads = heads, .rows = rows,
-        .cols = cols, .stride_batch = heads * rows * cols,
-        .stride_head = rows * cols, .stride_row = cols,
+        .cols = cols, .stride_batch = mul3(heads, rows, cols),
+        .stride_head = mul(rows, cols), .stride_row = cols,
     };
     return m;
 }
@@ -39,8 +52,8 @@ mattn_bias mattn_bias_dense(const float *data, int64_t batch, int64_t heads,
 {
     mattn_bias b = {
         .data = data, .batch = batch, .heads = heads, .rows = rows,
-        .cols = cols, .stride_batch = heads * rows * cols,
-        .stride_head = rows * cols, .stride_row = cols,
+        .cols = cols, .stride_batch = mul3(heads, rows, cols),
+        .stride_head = mul(rows, cols), .stride_row = cols,
     };
     return b;
 }
