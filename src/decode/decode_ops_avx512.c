@@ -79,22 +79,6 @@ static ALWAYS_INLINE void dots_block(const int RB, const float *q, int64_t D,
         _mm_mask_storeu_ps(s + r * ld, keep, hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
 }
 
-/* Asks for the n rows of len floats at pf (stride st) one cache line at a
- * time. The hardware prefetchers do not follow the kernel's interleaved
- * short runs through K and V far enough ahead; these requests keep enough
- * lines in flight without tying up the out-of-order window the way the FMAs
- * waiting on a demand miss do. The requests go out line by line across the
- * rows (line 0 of every row, then line 1, ...) so the n streams advance
- * together: row after row streamed ~5% slower on the 2-core VM. */
-static ALWAYS_INLINE void prefetch_rows(const float *pf, int64_t st, int64_t n, int64_t len)
-{
-    if (pf == NULL)
-        return;
-    for (int64_t d = 0; d < len; d += 16, pf += 16)
-        for (int64_t i = 0; i < n; i++)
-            _mm_prefetch((const char *)(pf + i * st), _MM_HINT_T0);
-}
-
 static ALWAYS_INLINE void dots_head(const float *q, int64_t R, int64_t D, const float *k,
                                     int64_t ks, int64_t nk, float *s, int64_t ld)
 {
@@ -178,58 +162,11 @@ static ALWAYS_INLINE void accum_head(const float *p, int64_t ld, int64_t R, cons
         accum_rows(0, p, ld, R, v, vs, nk, Dv, d, acc);
 }
 
-/* All heads of a group. Inlined twice: with D and nk the caller's, and with
- * the common case's constants (a full group of 4 keys at D = 64, 128, 256),
- * where the d loops unroll, no tail is masked and the general loops'
- * per-call setup disappears. Decode overlaps memory and compute only partly,
- * so fewer instructions per byte is bandwidth: +13-18% decode GB/s at
- * D = 128 (docs/decode.md). */
-static ALWAYS_INLINE void dots_heads(const int64_t D, const int64_t nk, const mattn__dec_heads *w,
-                                     int64_t j, const float *k, int64_t ks, int64_t kh,
-                                     const float *pf)
-{
-    for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * kh : NULL, ks, nk, D);
-        dots_head(w->q + h * w->R * D, w->R, D, k + h * kh, ks, nk,
-                  w->s + h * w->R * w->ld + j, w->ld);
-    }
-}
-
-static ALWAYS_INLINE void accum_heads(const int64_t Dv, const int64_t nk,
-                                      const mattn__dec_heads *w, int64_t j, const float *v,
-                                      int64_t vs, int64_t vh, const float *pf)
-{
-    for (int64_t h = 0; h < w->n; h++) {
-        prefetch_rows(pf ? pf + h * vh : NULL, vs, nk, Dv);
-        accum_head(w->s + h * w->R * w->ld + j, w->ld, w->R, v + h * vh, vs, nk, Dv,
-                   w->acc + h * w->R * Dv);
-    }
-}
-
-static void dots_avx512(const mattn__dec_heads *w, int64_t j, const float *k, int64_t ks,
-                        int64_t kh, int64_t nk, const float *pf)
-{
-    switch (nk == 4 ? w->D : 0) {
-    case 64: dots_heads(64, 4, w, j, k, ks, kh, pf); break;
-    case 128: dots_heads(128, 4, w, j, k, ks, kh, pf); break;
-    case 256: dots_heads(256, 4, w, j, k, ks, kh, pf); break;
-    default: dots_heads(w->D, nk, w, j, k, ks, kh, pf); break;
-    }
-}
-
-static void accum_avx512(const mattn__dec_heads *w, int64_t j, const float *v, int64_t vs,
-                         int64_t vh, int64_t nk, const float *pf)
-{
-    switch (nk == 4 ? w->Dv : 0) {
-    case 64: accum_heads(64, 4, w, j, v, vs, vh, pf); break;
-    case 128: accum_heads(128, 4, w, j, v, vs, vh, pf); break;
-    case 256: accum_heads(256, 4, w, j, v, vs, vh, pf); break;
-    default: accum_heads(w->Dv, nk, w, j, v, vs, vh, pf); break;
-    }
-}
+/* The prefetch, the head loops and the fixed-size dispatch over the above. */
+#include "decode/decode_ops_heads.h"
 
 const mattn__dec_ops mattn__dec_ops_avx512 = {
     .name = "avx512",
-    .dots = dots_avx512,
-    .accum = accum_avx512,
+    .dots = dec_dots,
+    .accum = dec_accum,
 };
