@@ -8,15 +8,7 @@
 
 #include <stdint.h>
 
-static inline uint64_t mattn__mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
+#include "core/hash.h" /* mattn__mix */
 
 static inline uint64_t mattn__dropout_row_key(uint64_t seed, int64_t b, int64_t h,
                                               int64_t qp)

@@ -2,18 +2,9 @@
 
 #include <string.h>
 
-/* The murmur3 / splitmix64 finaliser: every input bit flips about half of
- * the output bits. */
-static uint64_t mix(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 uint64_t mattn__hash_u64(uint64_t h, uint64_t x)
 {
-    return mix(h ^ mix(x + 0x9e3779b97f4a7c15ULL));
+    return mattn__mix(h ^ mattn__mix(x + 0x9e3779b97f4a7c15ULL));
 }
 
 uint64_t mattn__hash_bytes(uint64_t h, const void *p, size_t n)

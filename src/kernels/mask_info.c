@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "core/positions.h"
 #include "core/status.h"
 #include "kernels/splash_mask.h"
@@ -29,15 +30,6 @@
 #define RESOLVED_FULL (-1)
 #define RESOLVED_EMPTY (-2)
 #define RESOLVED_NOMEM (-3)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    return x ^ (x >> 33);
-}
 
 /* ------------------------------------------------------------------ hash tables */
 
@@ -73,7 +65,7 @@ static uint64_t sig_hash(const int64_t key[4])
 {
     uint64_t h = 0x9e3779b97f4a7c15ULL;
     for (int i = 0; i < 4; i++)
-        h = mix64(h ^ (uint64_t)key[i]);
+        h = mattn__mix(h ^ (uint64_t)key[i]);
     return h;
 }
 
@@ -109,20 +101,6 @@ static int sig_insert(builder *bd, const int64_t key[4], int64_t value)
     return 0;
 }
 
-static uint64_t tile_hash(const uint8_t *t, size_t n)
-{
-    uint64_t h = 0x243f6a8885a308d3ULL ^ n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, t + i, 8);
-        h = mix64(h ^ w);
-    }
-    uint64_t w = 0;
-    memcpy(&w, t + i, n - i);
-    return mix64(h ^ w);
-}
-
 static tile_entry *tset_find(builder *bd, uint64_t hash, const uint8_t *tile, size_t bytes)
 {
     uint64_t mask = (uint64_t)bd->tset_cap - 1;
@@ -156,7 +134,7 @@ static int64_t tile_intern(builder *bd)
                 *tset_find(bd, old[i].hash, NULL, bytes) = old[i];
         free(old);
     }
-    uint64_t h = tile_hash(bd->tile, bytes);
+    uint64_t h = mattn__hash_bytes(MATTN__HASH_SEED, bd->tile, bytes);
     tile_entry *e = tset_find(bd, h, bd->tile, bytes);
     if (e->id >= 0)
         return e->id;
